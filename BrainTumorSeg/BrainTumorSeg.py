@@ -23,9 +23,6 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from BrainTumorSegLib import slicer_glue
-from BrainTumorSegLib.load import SEQUENCE_TITLES, SEQUENCES
-from BrainTumorSegLib.model import default_model_path
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -35,6 +32,10 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+from BrainTumorSegLib import slicer_glue
+from BrainTumorSegLib.load import SEQUENCE_TITLES, SEQUENCES
+from BrainTumorSegLib.model import default_model_path
 
 MODULE_DIR = Path(__file__).resolve().parent
 SETTINGS_USER_MODELS = "BrainTumorSeg/UserModels"

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from BrainTumorSegLib import labels, slicer_glue
 from BrainTumorSegLib.load import match_sequence
 from BrainTumorSegLib.slicer_glue import ModelChoice, ProgressEvent
@@ -128,8 +129,14 @@ def test_parse_progress_line(line: str, stage: str, fraction, message: str) -> N
 
 def test_parse_done_line_keeps_outputs() -> None:
     event = slicer_glue.parse_progress_line(
-        json.dumps({"stage": "done", "fraction": 1.0, "message": "ok",
-                    "outputs": {"segmentation": "/o/s.nii.gz"}})  # fmt: skip
+        json.dumps(
+            {
+                "stage": "done",
+                "fraction": 1.0,
+                "message": "ok",
+                "outputs": {"segmentation": "/o/s.nii.gz"},
+            }
+        )  # fmt: skip
     )
     assert event.is_done and event.outputs == {"segmentation": "/o/s.nii.gz"}
     assert slicer_glue.result_segmentation_path("/o", event) == Path("/o/s.nii.gz")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer_double
+
 from BrainTumorSegLib import labels, slicer_glue
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
