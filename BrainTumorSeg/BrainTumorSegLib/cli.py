@@ -1,0 +1,206 @@
+"""Command line: ``braintumorseg segment ...`` (also ``python -m BrainTumorSegLib segment ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import CancelledError, InputError
+from .labels import CONVENTIONS, DEFAULT_CONVENTION
+from .load import SEQUENCE_TITLES, SEQUENCES, find_sequences
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+def _channels(text: str) -> list[str]:
+    items = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in SEQUENCES]
+    if unknown or not items:
+        raise argparse.ArgumentTypeError(
+            f"channels must be a comma-separated list of {', '.join(SEQUENCES)}"
+        )
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``braintumorseg`` command."""
+    parser = argparse.ArgumentParser(
+        prog="braintumorseg",
+        description="Segment brain gliomas (necrotic core, edema, enhancing tumour) on MRI.",
+    )
+    parser.add_argument("--version", action="version", version=f"BrainTumorSeg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    seg = commands.add_parser(
+        "segment",
+        help="segment one case",
+        description="Segment one case given as four sequence files or a folder holding them.",
+    )
+    inputs = seg.add_argument_group("inputs (NIfTI .nii/.nii.gz or NRRD .nrrd/.nhdr)")
+    for sequence in SEQUENCES:
+        inputs.add_argument(
+            f"--{sequence}", type=Path, metavar="FILE", help=f"{SEQUENCE_TITLES[sequence]} image"
+        )
+    inputs.add_argument(
+        "--input-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder holding the four sequences with BraTS names (CASE_t1ce.nii.gz, CASE-t1c.nii.gz)",
+    )
+    inputs.add_argument(
+        "--reference",
+        choices=SEQUENCES,
+        default=None,
+        help="sequence whose voxel grid the segmentation is written on (default: t1ce)",
+    )
+    seg.add_argument(
+        "--output", "-o", type=Path, required=True, metavar="DIR", help="output folder"
+    )
+    model = seg.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help="model package folder (model.onnx + model.json), or a .onnx/.keras/.h5 file "
+        "(default: the bundled model)",
+    )
+    model.add_argument(
+        "--channels",
+        type=_channels,
+        metavar="LIST",
+        help="input channel order of a model file without model.json, e.g. flair,t1ce,t2",
+    )
+    options = seg.add_argument_group("options")
+    options.add_argument(
+        "--labels",
+        choices=sorted(CONVENTIONS),
+        default=DEFAULT_CONVENTION,
+        help="label values written: brats2018 = 0/1/2/4 (default), brats2023 = 0/1/2/3",
+    )
+    options.add_argument(
+        "--bias-correction",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="N4 bias-field correction; auto follows how the model was trained",
+    )
+    options.add_argument(
+        "--bias-backend", choices=("ants", "sitk"), default=None, help=argparse.SUPPRESS
+    )
+    options.add_argument(
+        "--tta", action="store_true", help="mirroring test-time augmentation (8x slower)"
+    )
+    options.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="CPU threads for inference"
+    )
+    options.add_argument(
+        "--min-component-ml",
+        type=float,
+        default=0.0,
+        metavar="ML",
+        help="remove tumour islands smaller than this volume (mL); 0 keeps all",
+    )
+    options.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="above this estimated memory, infer in overlapping windows (default 2)",
+    )
+    options.add_argument("--no-overlay", action="store_true", help="do not draw overlay.png")
+    output = seg.add_argument_group("progress")
+    output.add_argument(
+        "--progress-json",
+        action="store_true",
+        help="print progress as one JSON object per line on stdout (for the Slicer module)",
+    )
+    output.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _collect_inputs(args: argparse.Namespace) -> dict[str, Path]:
+    given = {s: getattr(args, s) for s in SEQUENCES if getattr(args, s) is not None}
+    if args.input_dir is not None:
+        found = find_sequences(args.input_dir)
+        found.update(given)  # explicit files override what the folder holds
+        return found
+    if not given:
+        raise InputError("give the sequences with --t1 --t1ce --t2 --flair, or --input-dir")
+    return given
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from .pipeline import segment
+    from .progress import Progress
+
+    mode = (
+        "json"
+        if args.progress_json
+        else ("none" if args.quiet or not sys.stderr.isatty() else "bar")
+    )
+    progress = Progress(mode)
+    try:
+        inputs = _collect_inputs(args)
+        bias = {"auto": None, "on": True, "off": False}[args.bias_correction]
+        result = segment(
+            inputs,
+            args.output,
+            model=args.model,
+            channels=args.channels,
+            reference=args.reference,
+            labels=args.labels,
+            bias_correction=bias,
+            bias_backend=args.bias_backend,
+            tta=args.tta,
+            threads=args.threads,
+            min_component_ml=args.min_component_ml,
+            memory_budget_gb=args.memory_budget_gb,
+            overlay=not args.no_overlay,
+            progress=progress,
+        )
+    except InputError as e:
+        progress.fail(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, CancelledError):
+        progress.fail("interrupted; nothing was written")
+        print("interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        message = "out of memory; try --memory-budget-gb 1 or close other programs"
+        progress.fail(message)
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_FAILURE
+    regions = result.report["regions_ml"]
+    summary = ", ".join(f"{k} {v:.1f} mL" for k, v in regions.items())
+    progress.finish(f"done: {summary}", outputs=result.report.get("outputs", {}))
+    if not args.progress_json:
+        for warning in result.report["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
+        written = ", ".join(Path(p).name for p in result.outputs.values())
+        print(f"{summary}\nwrote {args.output}/ ({written})")
+    return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (e.g. Cancel in Slicer) unwinds like Ctrl-C so staging folders get removed.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code (0 ok, 2 bad input, 1 failure)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    if args.command == "segment":
+        return _run_segment(args)
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Model packages: a folder with ``model.onnx`` (or a Keras file) and ``model.json``.
+
+``model.json`` is the one place that states how a model expects its input (channel order,
+voxel spacing, orientation, normalisation, bias correction) and what its output means.
+Training writes it, inference reads it, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .labels import LABEL_BY_KEY, REGIONS
+from .load import SEQUENCES
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+DEFAULT_MODEL_NAME = "brats-unet"
+MODEL_SUFFIXES = (".onnx", ".keras", ".h5")
+
+
+@dataclass
+class ModelSpec:
+    """What a model expects and produces; serialised as ``model.json``."""
+
+    name: str
+    version: str = "0"
+    description: str = ""
+    file: str = "model.onnx"
+    keras_file: str | None = None
+    channels: list[str] = field(default_factory=lambda: ["t1", "t1ce", "t2", "flair"])
+    spacing_mm: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    orientation: str = "LPS"
+    normalization: str = "zscore_brain"
+    bias_correction: bool = False
+    crop_margin_mm: float = 8.0
+    size_multiple: int = 16
+    input_layout: str = "channels_last"
+    fixed_input_shape: list[int] | None = None
+    output: dict[str, Any] = field(
+        default_factory=lambda: {"kind": "softmax", "classes": ["background", "NCR", "ED", "ET"]}
+    )
+    label_convention_trained: str = "brats2018"
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # Where the spec was read from; not serialised.
+    folder: Path | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for metadata that inference could not honour."""
+        unknown = [c for c in self.channels if c not in SEQUENCES]
+        if unknown or len(set(self.channels)) != len(self.channels) or not self.channels:
+            raise ValueError(f"channels {self.channels} must be distinct names from {SEQUENCES}")
+        if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
+            raise ValueError(f"spacing_mm {self.spacing_mm} must be three positive numbers")
+        if self.normalization not in ("zscore_brain", "none"):
+            raise ValueError(f"unknown normalization {self.normalization!r}")
+        if self.input_layout not in ("channels_last", "channels_first"):
+            raise ValueError(f"unknown input_layout {self.input_layout!r}")
+        kind = self.output.get("kind")
+        if kind == "softmax":
+            classes = self.output.get("classes", [])
+            if classes[:1] != ["background"] or any(c not in LABEL_BY_KEY for c in classes[1:]):
+                raise ValueError(f"softmax classes {classes} must be background + NCR/ED/ET keys")
+        elif kind == "sigmoid":
+            regions = self.output.get("regions", [])
+            if not regions or any(r not in REGIONS for r in regions):
+                raise ValueError(f"sigmoid regions {regions} must be among {sorted(REGIONS)}")
+        else:
+            raise ValueError(f"output kind must be 'softmax' or 'sigmoid', got {kind!r}")
+
+    @property
+    def num_outputs(self) -> int:
+        """Number of output channels of the network."""
+        if self.output["kind"] == "softmax":
+            return len(self.output["classes"])
+        return len(self.output["regions"])
+
+    @property
+    def model_path(self) -> Path | None:
+        """The network file (ONNX, or Keras when no ONNX file is named)."""
+        return self.folder / self.file if self.folder is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable metadata (without the folder)."""
+        data = asdict(self)
+        data.pop("folder")
+        return data
+
+    def write(self, path: str | Path) -> None:
+        """Write ``model.json``."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], folder: Path | None = None) -> ModelSpec:
+        """Build from parsed ``model.json``; unknown keys are kept out, missing ones defaulted."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "folder"}
+        spec = cls(**known)
+        spec.folder = folder
+        return spec
+
+
+def load_model_spec(path: str | Path) -> ModelSpec:
+    """Read a model package folder (or its ``model.json``)."""
+    path = Path(path)
+    json_path = path / "model.json" if path.is_dir() else path
+    if not json_path.is_file():
+        raise InputError("no model.json in this model folder", path)
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        spec = ModelSpec.from_dict(data, folder=json_path.parent)
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise InputError(f"invalid model metadata: {e}", json_path) from e
+    if not (spec.folder / spec.file).is_file():
+        raise InputError(f"model file {spec.file!r} named in model.json is missing", json_path)
+    return spec
+
+
+def spec_for_bare_model(path: Path, channels: list[str] | None) -> ModelSpec:
+    """Metadata for a model file given without a package, e.g. a seed-style Keras ``.h5``.
+
+    Such files carry no metadata, so the user states the channel order; the rest follows the
+    seed project's conventions (1 mm, z-score in the brain, 4-class softmax, BraTS 2018 order).
+    """
+    if not channels:
+        raise InputError(
+            "a model file without model.json needs its channel order, e.g. "
+            "--channels flair,t1ce,t2",
+            path,
+        )
+    try:
+        spec = ModelSpec(name=path.stem, version="unknown", file=path.name, channels=channels)
+    except ValueError as e:
+        raise InputError(str(e), path) from e
+    spec.folder = path.parent
+    return spec
+
+
+def resolve_model(model: str | Path | None, channels: list[str] | None = None) -> ModelSpec:
+    """The model to use: a package folder, a ``model.json``, a bare model file, or the default."""
+    if model is None:
+        default = default_model_path()
+        if default is None:
+            raise InputError(
+                f"no model given and no default model is installed in {MODELS_DIR}; "
+                "pass --model PATH"
+            )
+        model = default
+    path = Path(model)
+    if not path.exists():
+        raise InputError("model not found", path)
+    if path.is_dir() or path.name == "model.json":
+        spec = load_model_spec(path)
+        if channels and channels != spec.channels:
+            raise InputError(
+                f"--channels {','.join(channels)} contradicts the model's own channel order "
+                f"{','.join(spec.channels)}",
+                path,
+            )
+        return spec
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise InputError(f"not a model file (expected one of {', '.join(MODEL_SUFFIXES)})", path)
+    sidecar = path.parent / "model.json"
+    if sidecar.is_file() and not channels:
+        spec = load_model_spec(sidecar)
+        spec.file = path.name
+        return spec
+    return spec_for_bare_model(path, channels)
+
+
+def default_model_path() -> Path | None:
+    """The bundled default model package, if one is installed."""
+    folder = MODELS_DIR / DEFAULT_MODEL_NAME
+    return folder if (folder / "model.json").is_file() else None
+
+
+def bundled_models() -> list[Path]:
+    """All model packages shipped in ``Resources/Models``."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.parent for p in MODELS_DIR.glob("*/model.json"))

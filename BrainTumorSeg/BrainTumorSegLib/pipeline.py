@@ -1,0 +1,234 @@
+"""The whole segmentation, from files to files: the function behind the CLI and the Slicer module.
+
+load -> validate -> conform -> preprocess -> infer -> postprocess -> restore -> write.
+Everything that can be checked is checked before any output is written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .conform import resample_to_grid
+from .errors import InputError
+from .geometry import Grid
+from .infer import load_backend, predict_volume
+from .labels import CONVENTIONS, DEFAULT_CONVENTION
+from .load import SEQUENCE_TITLES, SEQUENCES, Volume, load_volume
+from .model import ModelSpec, resolve_model
+from .postprocess import foreground_channels, labels_from_output, remove_small_components
+from .preprocess import preprocess
+from .progress import Progress
+from .report import build_report
+from .restore import restore_to_input_grid
+from .validate import check_distinct_files, check_intensities, check_overlap
+from .write import (
+    OVERLAY_PNG,
+    REPORT_JSON,
+    SEGMENTATION_NIFTI,
+    SEGMENTATION_SEG_NRRD,
+    check_output_dir,
+    staged_output,
+    write_json,
+    write_label_nifti,
+    write_seg_nrrd,
+)
+
+
+@dataclass
+class SegmentationResult:
+    """Class indices 0..3 (uint8, [i, j, k]) on the reference input's grid, and the report."""
+
+    classes: np.ndarray
+    grid: Grid
+    report: dict[str, Any]
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def _choose_reference(reference: str | None, inputs: dict[str, Path], spec: ModelSpec) -> str:
+    if reference is None:
+        reference = "t1ce" if "t1ce" in inputs else spec.channels[0]
+    if reference not in SEQUENCES:
+        raise InputError(f"--reference must be one of {', '.join(SEQUENCES)}, not {reference!r}")
+    if reference not in inputs:
+        raise InputError(f"the reference sequence {SEQUENCE_TITLES[reference]} was not given")
+    return reference
+
+
+def segment(
+    inputs: dict[str, str | Path],
+    output_dir: str | Path | None = None,
+    *,
+    model: str | Path | ModelSpec | None = None,
+    channels: list[str] | None = None,
+    reference: str | None = None,
+    labels: str = DEFAULT_CONVENTION,
+    bias_correction: bool | None = None,
+    bias_backend: str | None = None,
+    tta: bool = False,
+    threads: int | None = None,
+    min_component_ml: float = 0.0,
+    memory_budget_gb: float | None = None,
+    overlay: bool = True,
+    progress: Progress | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> SegmentationResult:
+    """Segment a glioma from MRI files; write outputs to ``output_dir`` when given.
+
+    ``inputs`` maps sequence names ("t1", "t1ce", "t2", "flair") to image files; the model's
+    channels must all be present. Returns class indices on the reference input's grid.
+    Raises :class:`InputError` for bad input before anything is written.
+    """
+    progress = progress or Progress()
+    warnings: list[str] = []
+    if labels not in CONVENTIONS:
+        raise InputError(f"--labels must be one of {', '.join(CONVENTIONS)}, not {labels!r}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, not {threads}")
+    paths = {seq: Path(p) for seq, p in inputs.items() if p is not None}
+    unknown = sorted(set(paths) - set(SEQUENCES))
+    if unknown:
+        raise InputError(f"unknown sequence names {unknown}; use {', '.join(SEQUENCES)}")
+
+    with progress.stage("load", "loading model and images") as update:
+        spec = model if isinstance(model, ModelSpec) else resolve_model(model, channels)
+        missing = [SEQUENCE_TITLES[c] for c in spec.channels if c not in paths]
+        if missing:
+            raise InputError(f"model {spec.name!r} needs {', '.join(missing)}, which was not given")
+        reference = _choose_reference(reference, paths, spec)
+        used = {seq: paths[seq] for seq in SEQUENCES if seq in spec.channels or seq == reference}
+        check_distinct_files(used)
+        if output_dir is not None:
+            check_output_dir(Path(output_dir), list(used.values()))
+        backend = load_backend(spec, threads)
+        volumes: dict[str, Volume] = {}
+        for n, (seq, path) in enumerate(used.items()):
+            update(n / len(used), f"reading {path.name}")
+            volumes[seq] = load_volume(path)
+            warnings += volumes[seq].warnings
+
+    with progress.stage("validate", "checking images"):
+        ref = volumes[reference]
+        for seq, volume in volumes.items():
+            check_intensities(volume, seq)
+            if seq != reference:
+                check_overlap(ref, volume, seq)
+
+    with progress.stage("conform", "aligning sequences to the reference grid"):
+        images: dict[str, np.ndarray] = {}
+        for seq, volume in volumes.items():
+            if volume.grid.same_as(ref.grid):
+                images[seq] = volume.array
+            else:
+                # Not an error: scanners write each series on its own grid.
+                warnings.append(
+                    f"{SEQUENCE_TITLES[seq]} was resampled onto the "
+                    f"{SEQUENCE_TITLES[reference]} grid (its grid {volume.grid.shape} "
+                    f"differs from {ref.grid.shape} or is moved)"
+                )
+                images[seq] = resample_to_grid(volume.array, volume.grid, ref.grid, order=1)
+
+    model_n4 = spec.bias_correction
+    if bias_correction is not None and bias_correction != model_n4:
+        warnings.append(
+            f"bias correction {'on' if bias_correction else 'off'} departs from the model's "
+            f"training ({'with' if model_n4 else 'without'} N4); results may differ"
+        )
+    with progress.stage("preprocess", "preprocessing") as update:
+        try:
+            prepared = preprocess(
+                images,
+                ref.grid,
+                spec,
+                bias_correction=bias_correction,
+                bias_backend=bias_backend,
+                progress=update,
+            )
+        except ValueError as e:  # an empty brain mask after masking
+            raise InputError(f"cannot find the brain in the images ({e})", ref.path) from e
+
+    with progress.stage("infer", "running the network") as update:
+        output = predict_volume(
+            backend,
+            prepared.array,
+            spec,
+            tta=tta,
+            memory_budget_gb=memory_budget_gb,
+            progress=update,
+            cancelled=cancelled,
+        )
+        foreground = foreground_channels(output, spec)
+        del output
+
+    with progress.stage("restore", "restoring to the input grid"):
+        restored = restore_to_input_grid(foreground, prepared.grid, ref.grid)
+
+    with progress.stage("postprocess", "labelling"):
+        classes = labels_from_output(restored, spec)
+        del restored
+        classes = remove_small_components(classes, ref.grid, min_component_ml)
+
+    settings = {
+        "bias_correction": prepared.bias_corrected,
+        "test_time_augmentation": tta,
+        "threads": threads or os.cpu_count(),
+        "min_component_ml": min_component_ml,
+        "working_grid": list(prepared.grid.shape),
+        "working_spacing_mm": [round(float(s), 4) for s in prepared.grid.spacing],
+    }
+    report = build_report(
+        version=__version__,
+        spec=spec,
+        inputs=used,
+        reference=reference,
+        grid=ref.grid,
+        classes=classes,
+        convention=labels,
+        settings=settings,
+        timings=progress.timings,
+        warnings=warnings,
+    )
+    result = SegmentationResult(classes=classes, grid=ref.grid, report=report)
+    if output_dir is None:
+        return result
+
+    output_dir = Path(output_dir)
+    with progress.stage("write", "writing outputs") as update:
+        write_started = time.perf_counter()
+        files = {
+            "segmentation": SEGMENTATION_NIFTI,
+            "seg_nrrd": SEGMENTATION_SEG_NRRD,
+            "report": REPORT_JSON,
+        }
+        if overlay:
+            files["overlay"] = OVERLAY_PNG
+        report["outputs"] = {key: str((output_dir / name).resolve()) for key, name in files.items()}
+        with staged_output(output_dir) as staging:
+            write_label_nifti(staging / SEGMENTATION_NIFTI, classes, ref.grid, labels)
+            update(0.2, "segmentation.seg.nrrd")
+            write_seg_nrrd(staging / SEGMENTATION_SEG_NRRD, classes, ref.grid)
+            if overlay:
+                from .overlay import render_overlay
+
+                update(0.4, "overlay.png")
+                render_overlay(
+                    staging / OVERLAY_PNG,
+                    {seq: images[seq] for seq in SEQUENCES if seq in images},
+                    classes,
+                    ref.grid,
+                    title=f"BrainTumorSeg {__version__} - {spec.name} {spec.version}",
+                )
+            # The report cannot time its own writing; it records the write stage up to here.
+            write_s = round(time.perf_counter() - write_started, 3)
+            report["timings_s"] = {**progress.timings, "write": write_s}
+            write_json(staging / REPORT_JSON, report)
+    report["timings_s"] = dict(progress.timings)
+    result.outputs = {key: Path(value) for key, value in report["outputs"].items()}
+    return result

@@ -1,0 +1,63 @@
+"""From network outputs to tumour labels (class indices 0..3), as the model's metadata says."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .geometry import Grid
+from .labels import LABEL_BY_KEY, NUM_CLASSES
+from .model import ModelSpec
+
+
+def foreground_channels(output: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """The channels worth carrying back to the input grid: everything but softmax background.
+
+    Background is implied (1 - sum) and every dropped channel is zero outside the working
+    grid, so restoring these with zero fill is exact.
+    """
+    if spec.output["kind"] == "softmax":
+        return output[1:]
+    return output
+
+
+def labels_from_output(foreground: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Class indices (uint8) from restored foreground channels (R, X, Y, Z)."""
+    if spec.output["kind"] == "softmax":
+        background = 1.0 - foreground.sum(axis=0, keepdims=True)
+        winner = np.argmax(np.concatenate([background, foreground]), axis=0)
+        lookup = np.zeros(len(spec.output["classes"]), dtype=np.uint8)
+        for position, key in enumerate(spec.output["classes"][1:], start=1):
+            lookup[position] = LABEL_BY_KEY[key].index
+        return lookup[winner]
+    # Sigmoid regions are nested: WT contains TC contains ET. Paint from the outside in.
+    regions = dict(zip(spec.output["regions"], foreground))
+    classes = np.zeros(foreground.shape[1:], dtype=np.uint8)
+    if "WT" in regions:
+        classes[regions["WT"] > 0.5] = LABEL_BY_KEY["ED"].index
+    if "TC" in regions:
+        classes[regions["TC"] > 0.5] = LABEL_BY_KEY["NCR"].index
+    if "ET" in regions:
+        classes[regions["ET"] > 0.5] = LABEL_BY_KEY["ET"].index
+    return classes
+
+
+def remove_small_components(classes: np.ndarray, grid: Grid, min_volume_ml: float) -> np.ndarray:
+    """Erase tumour islands (26-connected, all labels together) smaller than ``min_volume_ml``."""
+    if min_volume_ml <= 0:
+        return classes
+    tumour = classes > 0
+    components, count = ndimage.label(tumour, structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
+        return classes
+    sizes_ml = np.bincount(components.ravel())[1:] * grid.voxel_volume_ml
+    small = np.nonzero(sizes_ml < min_volume_ml)[0] + 1
+    out = classes.copy()
+    out[np.isin(components, small)] = 0
+    return out
+
+
+def class_volumes_ml(classes: np.ndarray, grid: Grid) -> np.ndarray:
+    """Volume in mL of each class index 0..3."""
+    counts = np.bincount(classes.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+    return counts * grid.voxel_volume_ml

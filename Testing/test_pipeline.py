@@ -1,0 +1,138 @@
+"""End-to-end behaviour of ``segment`` on synthetic cases whose truth is known."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import blob_case, write_nifti
+from test_geometry import make_affine
+
+from BrainTumorSegLib import segment
+from BrainTumorSegLib.geometry import apply_affine
+
+
+def lesion_world_centre(paths):
+    image = nib.load(str(paths["t1ce"]))
+    data = np.asarray(image.dataobj)
+    return apply_affine(image.affine, np.argwhere(data >= 1999).mean(axis=0)[None])[0]
+
+
+GEOMETRIES = {
+    "axis-aligned 2 mm": make_affine((2.0, 2.0, 2.0)),
+    "LPS flipped": make_affine((2.0, 2.0, 2.0), flips=(-1, -1, 1), origin=(40, 50, -10)),
+    "anisotropic": make_affine((1.7, 2.3, 3.1), origin=(-30, 12, 5)),
+    "oblique": make_affine((2.0, 2.0, 2.5), angles=(0.25, -0.15, 0.4), origin=(3, -7, 11)),
+    "oblique flipped left-handed": make_affine(
+        (1.8, 2.2, 2.0), angles=(-0.3, 0.2, 0.1), flips=(1, -1, 1), origin=(60, 20, -40)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_lesion_lands_at_its_world_position(tmp_path, tiny_model, name):
+    paths = blob_case(tmp_path / "case", GEOMETRIES[name])
+    result = segment(paths, tmp_path / "out", model=tiny_model, overlay=False)
+    reference = nib.load(str(paths["t1ce"]))
+    written = nib.load(str(tmp_path / "out" / "segmentation.nii.gz"))
+    assert written.shape == reference.shape
+    np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
+    found = np.argwhere(np.asarray(written.dataobj) > 0)
+    assert len(found) > 0
+    centre = apply_affine(written.affine, found.mean(axis=0)[None])[0]
+    assert np.linalg.norm(centre - lesion_world_centre(paths)) < 1.5
+    assert result.classes.shape == reference.shape
+
+
+def test_sequences_on_other_grids_are_resampled_onto_the_reference(tmp_path, tiny_model):
+    paths = blob_case(tmp_path / "case")
+    # Rewrite T2 on a flipped, shifted grid covering the same world space.
+    t2 = nib.load(str(paths["t2"]))
+    flipped = np.flip(np.asarray(t2.dataobj), axis=0)
+    affine = t2.affine @ np.array(
+        [[-1, 0, 0, t2.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    )
+    write_nifti(paths["t2"], flipped, affine)
+    result = segment(paths, tmp_path / "out", model=tiny_model, overlay=False)
+    assert any("T2 was resampled" in w for w in result.report["warnings"])
+    assert np.count_nonzero(result.classes) > 0
+
+
+def test_reference_option_chooses_the_output_grid(tmp_path, tiny_model):
+    paths = blob_case(tmp_path / "case")
+    flair = nib.load(str(paths["flair"]))
+    # FLAIR at 1 mm: the segmentation must come back on that finer grid when it is the reference.
+    fine = np.kron(np.asarray(flair.dataobj), np.ones((2, 2, 2))).astype(np.float32)
+    affine = flair.affine @ np.array(
+        [[0.5, 0, 0, -0.25], [0, 0.5, 0, -0.25], [0, 0, 0.5, -0.25], [0, 0, 0, 1]]
+    )
+    write_nifti(paths["flair"], fine, affine)
+    result = segment(paths, tmp_path / "out", model=tiny_model, reference="flair", overlay=False)
+    assert result.classes.shape == fine.shape
+    np.testing.assert_allclose(result.grid.affine, affine, atol=1e-6)
+
+
+def test_report_and_label_conventions(tmp_path, tiny_model):
+    paths = blob_case(tmp_path / "case")
+    segment(paths, tmp_path / "a", model=tiny_model, overlay=False)
+    segment(paths, tmp_path / "b", model=tiny_model, labels="brats2023", overlay=False)
+    a = np.asarray(nib.load(str(tmp_path / "a" / "segmentation.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(tmp_path / "b" / "segmentation.nii.gz")).dataobj)
+    assert set(np.unique(a)) <= {0, 1, 2, 4}
+    assert set(np.unique(b)) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(a == 4, b == 3)
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["model"]["name"] == "tiny-test"
+    assert set(report["inputs"]) == {"t1", "t1ce", "t2", "flair"}
+    assert all(len(v["sha256"]) == 64 for v in report["inputs"].values())
+    voxel_ml = 8.0 / 1000
+    assert report["regions_ml"]["WT"] == pytest.approx(np.count_nonzero(a) * voxel_ml, abs=1e-3)
+    assert report["regions_ml"]["ET"] == pytest.approx(
+        np.count_nonzero(a == 4) * voxel_ml, abs=1e-3
+    )
+    for stage in (
+        "load",
+        "validate",
+        "conform",
+        "preprocess",
+        "infer",
+        "restore",
+        "postprocess",
+        "write",
+    ):
+        assert stage in report["timings_s"]
+    assert report["software"]["version"]
+
+
+def test_api_without_output_writes_nothing(tmp_path, tiny_model):
+    paths = blob_case(tmp_path / "case")
+    before = sorted(p.name for p in (tmp_path / "case").iterdir())
+    result = segment(paths, model=tiny_model)
+    assert result.outputs == {}
+    assert sorted(p.name for p in (tmp_path / "case").iterdir()) == before
+    assert result.report["regions_ml"]["WT"] > 0
+
+
+def test_sliding_window_agrees_with_whole_volume(tmp_path, tiny_model):
+    paths = blob_case(tmp_path / "case", shape=(64, 60, 56), centre=(30, 30, 28))
+    whole = segment(paths, model=tiny_model)
+    windows = segment(paths, model=tiny_model, memory_budget_gb=1e-5)
+    assert whole.report["settings"]["working_grid"] == windows.report["settings"]["working_grid"]
+    agreement = np.mean(whole.classes == windows.classes)
+    assert agreement > 0.995
+    assert np.count_nonzero(windows.classes) > 0
+
+
+def test_test_time_augmentation_runs_all_mirrorings(tmp_path, tiny_model):
+    paths = blob_case(tmp_path / "case")
+    events = []
+    from BrainTumorSegLib.progress import Progress
+
+    progress = Progress(
+        "callback", callback=lambda stage, fraction, message: events.append(message)
+    )
+    result = segment(paths, model=tiny_model, tta=True, progress=progress)
+    assert any("pass 8/8" in m for m in events)
+    # The tiny network is mirror-symmetric (uniform smoothing + per-voxel weights).
+    plain = segment(paths, model=tiny_model)
+    np.testing.assert_array_equal(result.classes, plain.classes)
