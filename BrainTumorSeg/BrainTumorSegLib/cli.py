@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-dir",
         type=Path,
         metavar="DIR",
-        help="folder holding the four sequences with BraTS names (CASE_t1ce.nii.gz, CASE-t1c.nii.gz)",
+        help="folder with the four sequences, BraTS names (CASE_t1ce.nii.gz, CASE-t1c.nii.gz)",
     )
     inputs.add_argument(
         "--reference",
