@@ -325,3 +325,36 @@ def test_dependency_install_failure_is_reported(slicer, logic, monkeypatch) -> N
     with pytest.raises(RuntimeError, match="still cannot be imported"):
         logic.installDependencies(missing)
     assert "antspyx --no-deps" in slicer.double.pip_calls
+
+
+def test_real_worker_end_to_end_with_tiny_model(slicer, logic, tmp_path, tiny_model) -> None:
+    """The real ``python -m BrainTumorSegLib`` as the worker, on a synthetic lesion case."""
+    import nibabel as nib
+    from conftest import blob_case
+
+    affine = np.array([[-2.0, 0, 0, 40], [0, -2.0, 0, 60], [0, 0, 2.0, -30], [0, 0, 0, 1]])
+    files = blob_case(tmp_path / "case", affine=affine)
+    volumes = {}
+    for sequence, path in files.items():  # what slicer.util.loadVolume makes of the files
+        image = nib.load(path)
+        volumes[sequence] = slicer.util.addVolumeFromArray(
+            np.asarray(image.dataobj).transpose(2, 1, 0), ijkToRAS=image.affine,
+            name=path.name.split(".")[0],
+        )  # fmt: skip
+    logic.workerCommandBase = [sys.executable, "-m", slicer_glue.WORKER_MODULE]
+    model = slicer_glue.model_from_user_path(tiny_model)
+
+    segmentation = logic.run(volumes, model=model, threads=1)
+
+    masks = _segment_masks(segmentation)
+    assert sorted(masks) == ["ED", "ET", "NCR"]
+    tumour = sum(m.astype(int) for m in masks.values()) > 0
+    assert tumour.shape == volumes["t1ce"].array.shape
+    # The lesion of blob_case is a sphere of radius 4 voxels at i, j, k = 28, 22, 18.
+    k, j, i = np.argwhere(tumour).mean(axis=0)
+    assert abs(i - 28) < 2 and abs(j - 22) < 2 and abs(k - 18) < 2
+    shape, matrix = segmentation.referenceGeometry
+    np.testing.assert_allclose(matrix, affine)
+    rows = _table_rows(segmentation.GetNodeReference("BrainTumorSegVolumes"))
+    assert rows[-1][2] == pytest.approx(tumour.sum() * 8 / 1000, rel=1e-3)
+    assert _temp_dirs(slicer) == []
