@@ -23,8 +23,13 @@ from .infer import load_backend, predict_volume
 from .labels import CONVENTIONS, DEFAULT_CONVENTION
 from .load import SEQUENCE_TITLES, SEQUENCES, Volume, load_volume
 from .model import ModelSpec, resolve_model
-from .postprocess import foreground_channels, labels_from_output, remove_small_components
-from .preprocess import preprocess
+from .postprocess import (
+    clear_outside_brain,
+    foreground_channels,
+    labels_from_output,
+    remove_small_components,
+)
+from .preprocess import brain_mask, preprocess
 from .progress import Progress
 from .report import build_report
 from .restore import restore_to_input_grid
@@ -173,6 +178,7 @@ def segment(
     with progress.stage("postprocess", "labelling"):
         classes = labels_from_output(restored, spec)
         del restored
+        classes = clear_outside_brain(classes, brain_mask({c: images[c] for c in spec.channels}))
         classes = remove_small_components(classes, ref.grid, min_component_ml)
 
     settings = {

@@ -42,6 +42,12 @@ def labels_from_output(foreground: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return classes
 
 
+def clear_outside_brain(classes: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Background wherever the brain mask is empty: tumour cannot lie outside the brain, and
+    the network's receptive field can spill a little past the brain's edge."""
+    return np.where(brain, classes, 0).astype(np.uint8, copy=False)
+
+
 def remove_small_components(classes: np.ndarray, grid: Grid, min_volume_ml: float) -> np.ndarray:
     """Erase tumour islands (26-connected, all labels together) smaller than ``min_volume_ml``."""
     if min_volume_ml <= 0:
