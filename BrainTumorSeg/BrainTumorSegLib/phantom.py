@@ -22,9 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from .geometry import Grid
-from .labels import LABEL_BY_KEY, classes_to_convention
-
-SEQUENCES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+from .labels import CONVENTIONS, LABEL_BY_KEY, classes_to_convention
+from .load import SEQUENCES
 
 # File name suffixes per layout; the case id is prepended.
 LAYOUTS: dict[str, dict[str, str]] = {
@@ -484,3 +483,31 @@ def write_phantom(
         paths[name] = save(np.asarray(array), name)
     paths["seg"] = save(classes_to_convention(phantom.classes, convention).astype(np.uint8), "seg")
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m BrainTumorSegLib.phantom --output DIR``: write a phantom case folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m BrainTumorSegLib.phantom",
+        description="Write a digital glioma phantom (four sequences + ground truth) as NIfTI.",
+    )
+    parser.add_argument("--output", type=Path, required=True, help="folder to write the case to")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (tumour shape and place)")
+    parser.add_argument("--resolution", type=float, default=1.0, help="voxel size in mm")
+    parser.add_argument("--case-id", default="Phantom", help="file name prefix")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="brats2018")
+    parser.add_argument("--labels", choices=sorted(CONVENTIONS), default="brats2018")
+    args = parser.parse_args(argv)
+    phantom = make_phantom(seed=args.seed, resolution_mm=args.resolution)
+    paths = write_phantom(
+        phantom, args.output, case_id=args.case_id, convention=args.labels, layout=args.layout
+    )
+    volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in phantom.volumes_ml().items())
+    print(f"wrote {len(paths)} files to {args.output} (truth: {volumes})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
