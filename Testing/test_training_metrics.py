@@ -1,0 +1,121 @@
+"""BraTS evaluation measures and the Keras Dice metric/loss on hand-computed tiny arrays."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from Training import metrics
+
+
+def _mask(shape, *slices):
+    m = np.zeros(shape, bool)
+    for s in slices:
+        m[s] = True
+    return m
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref", "expected"),
+    [
+        (_mask((4, 4, 4)), _mask((4, 4, 4)), 1.0),  # both empty
+        (_mask((4, 4, 4), np.s_[0, 0, 0]), _mask((4, 4, 4)), 0.0),  # reference empty
+        (_mask((4, 4, 4)), _mask((4, 4, 4), np.s_[0, 0, 0]), 0.0),  # prediction empty
+        (_mask((4, 4, 4), np.s_[0, 0, :2]), _mask((4, 4, 4), np.s_[0, 0, 1:3]), 0.5),
+        (_mask((4, 4, 4), np.s_[:2]), _mask((4, 4, 4), np.s_[:2]), 1.0),
+        (_mask((4, 4, 4), np.s_[0, 0, 0]), _mask((4, 4, 4), np.s_[3, 3, 3]), 0.0),
+    ],
+)
+def test_dice_table(pred, ref, expected):
+    assert metrics.dice(pred, ref) == pytest.approx(expected)
+
+
+def test_hd95_empty_conventions():
+    empty = np.zeros((5, 5, 5), bool)
+    voxel = _mask((5, 5, 5), np.s_[2, 2, 2])
+    assert metrics.hd95(empty, empty) == 0.0
+    assert metrics.hd95(voxel, empty) == pytest.approx(373.13)
+    assert metrics.hd95(empty, voxel) == pytest.approx(373.13)
+
+
+def test_hd95_uses_voxel_spacing():
+    # Two single voxels 3 voxels apart along axis 0: 3 mm at 1 mm, 6 mm at 2 mm spacing.
+    a = _mask((8, 3, 3), np.s_[1, 1, 1])
+    b = _mask((8, 3, 3), np.s_[4, 1, 1])
+    assert metrics.hd95(a, b, (1.0, 1.0, 1.0)) == pytest.approx(3.0)
+    assert metrics.hd95(a, b, (2.0, 1.0, 1.0)) == pytest.approx(6.0)
+    assert metrics.hd95(a, a) == 0.0
+
+
+def test_hd95_is_95th_percentile_of_pooled_surface_distances():
+    # Reference: one plane x=0; prediction: planes x=0 and x=10 (10x10 each) at 1 mm.
+    ref = _mask((12, 10, 10), np.s_[0])
+    pred = _mask((12, 10, 10), np.s_[0], np.s_[10])
+    distances = np.concatenate([np.zeros(100), np.full(100, 10.0), np.zeros(100)])
+    assert metrics.hd95(pred, ref) == pytest.approx(np.percentile(distances, 95))
+
+
+def test_sensitivity_and_specificity():
+    ref = _mask((2, 2, 2), np.s_[0])  # 4 positives, 4 negatives
+    pred = _mask((2, 2, 2), np.s_[0, 0], np.s_[1, 0, 0])  # 2 TP, 1 FP
+    assert metrics.sensitivity(pred, ref) == pytest.approx(0.5)
+    assert metrics.specificity(pred, ref) == pytest.approx(3 / 4)
+    assert math.isnan(metrics.sensitivity(pred, np.zeros_like(ref)))
+    assert math.isnan(metrics.specificity(pred, np.ones_like(ref)))
+    within = _mask((2, 2, 2), np.s_[:, 1])  # only the negatives at [1, 1, :]
+    assert metrics.specificity(pred, ref, within) == pytest.approx(1.0)
+
+
+def test_score_case_regions_from_class_indices():
+    ref = np.zeros((6, 6, 6), np.uint8)
+    ref[1:3, 1:3, 1:3] = 2  # ED
+    ref[2, 2, 2] = 3  # ET
+    pred = ref.copy()
+    pred[2, 2, 2] = 1  # ET predicted as NCR: TC and WT still right, ET missed
+    scores = metrics.score_case(pred, ref, (1.0, 1.0, 1.0))
+    assert scores["dice_WT"] == 1.0
+    assert scores["dice_TC"] == 1.0
+    assert scores["dice_ET"] == 0.0
+    assert scores["hd95_ET"] == pytest.approx(373.13)
+    assert scores["hd95_WT"] == 0.0
+    assert set(scores) == {f"{m}_{r}" for m in metrics.MEASURES for r in ("ET", "TC", "WT")}
+
+
+def test_summarise_ignores_nan_and_counts():
+    rows = [{"a": 1.0}, {"a": 3.0}, {"a": float("nan")}]
+    summary = metrics.summarise(rows, ["a"])["a"]
+    assert summary["mean"] == 2.0 and summary["median"] == 2.0 and summary["n"] == 2
+    assert summary["p25"] == pytest.approx(1.5) and summary["p75"] == pytest.approx(2.5)
+
+
+def test_keras_region_dice_matches_numpy_and_empty_rule():
+    import keras
+
+    from Training.losses import RegionDice, SegmentationLoss, soft_dice
+
+    output = {"kind": "softmax", "classes": ["background", "NCR", "ED", "ET"]}
+    ref = np.zeros((2, 4, 4, 4), np.int64)
+    ref[0, :2] = 2
+    ref[0, 0, 0, 0] = 3
+    pred = ref.copy()
+    pred[0, 0, 0, 0] = 2  # case 0: ET missed; case 1: all empty (ET Dice 1 by convention)
+    eye = np.eye(4, dtype=np.float32)
+    metric = RegionDice(["ET"], output)
+    metric.update_state(eye[ref], eye[pred])
+    assert float(keras.ops.convert_to_numpy(metric.result())) == pytest.approx(0.5)
+    wt = RegionDice(["WT"], output)
+    wt.update_state(eye[ref], eye[pred])
+    assert float(keras.ops.convert_to_numpy(wt.result())) == pytest.approx(1.0)
+    # Soft Dice of a perfect one-hot prediction is 1, loss (dice only) 0.
+    perfect = keras.ops.convert_to_numpy(soft_dice(eye[ref], eye[ref]))
+    assert np.allclose(perfect, 1.0)
+    loss = SegmentationLoss("dice")(eye[ref], eye[ref])
+    assert float(keras.ops.convert_to_numpy(loss)) == pytest.approx(0.0, abs=1e-5)
+    worse = SegmentationLoss("dice_ce")(eye[ref], np.full((2, 4, 4, 4, 4), 0.25, np.float32))
+    assert float(keras.ops.convert_to_numpy(worse)) > 1.0

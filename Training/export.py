@@ -1,0 +1,247 @@
+"""``export`` a training run, or ``import`` a seed-style ``.h5``, into a model package.
+
+A package is a folder with ``model.onnx`` (dynamic batch and spatial dimensions, channels-last),
+``model.keras`` (built-in layers only, no optimiser) and ``model.json`` (the contract's fields,
+with the training config and validation metrics). The ONNX and Keras outputs are compared on a
+test input before the package is written.
+
+ONNX conversion uses Keras 3 ``model.export(format="onnx")`` on the TensorFlow backend (it
+needs ``tf2onnx``); under another backend the conversion step re-runs itself in a TensorFlow
+subprocess, since the ``.keras`` file is backend-independent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.model import ModelSpec
+
+from .config import SOFTMAX_OUTPUT, load_config
+
+TOLERANCE = 1e-4  # max |ONNX - Keras| on probabilities
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def strip_training_state(model: Any) -> Any:
+    """A copy of ``model`` with the same layers and weights but no optimiser or loss."""
+    keras = _keras()
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def with_dynamic_spatial_input(model: Any) -> Any:
+    """The same network accepting (None, None, None, C) inputs (e.g. a seed model fixed at 144³)."""
+    keras = _keras()
+    channels = model.input_shape[-1]
+    dynamic = keras.Input(shape=(None, None, None, channels), name="image")
+    clone = keras.models.clone_model(model, input_tensors=dynamic)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def convert_to_onnx(keras_path: Path, onnx_path: Path, test_shape: tuple[int, ...]) -> float:
+    """Write ``onnx_path`` from a ``.keras`` file and return the max output difference.
+
+    Runs in a TensorFlow-backend subprocess unless TensorFlow is already the backend.
+    """
+    keras = _keras()
+    if keras.backend.backend() != "tensorflow":
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        command = [
+            sys.executable,
+            "-m",
+            "Training.export",
+            str(keras_path),
+            str(onnx_path),
+            ",".join(str(n) for n in test_shape),
+        ]
+        from . import REPO_ROOT
+
+        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"ONNX conversion failed:\n{done.stderr[-3000:]}")
+        return float(done.stdout.strip().splitlines()[-1])
+    model = keras.models.load_model(keras_path, compile=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        # tf2onnx writes to the path it is given; convert beside, then move into place.
+        tmp_path = Path(tmp) / "model.onnx"
+        model.export(str(tmp_path), format="onnx", verbose=False)
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_path, onnx_path) if _same_device(
+            tmp_path, onnx_path
+        ) else onnx_path.write_bytes(tmp_path.read_bytes())
+    return compare_outputs(model, onnx_path, test_shape)
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    return os.stat(a.parent).st_dev == os.stat(b.parent).st_dev
+
+
+def compare_outputs(model: Any, onnx_path: Path, shape: tuple[int, ...], seed: int = 0) -> float:
+    """Max absolute difference between Keras and ONNX Runtime outputs on a random input."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    expected = np.asarray(model.predict(x, verbose=0))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    dims = session.get_inputs()[0].shape
+    if any(isinstance(d, int) for d in dims[1:4]):
+        raise RuntimeError(f"ONNX input {dims} has fixed spatial dimensions; expected dynamic")
+    (actual,) = session.run(None, {session.get_inputs()[0].name: x})[:1]
+    return float(np.max(np.abs(actual - expected)))
+
+
+def test_shape(spec: ModelSpec, depth: int) -> tuple[int, int, int, int, int]:
+    """A small, non-cubic input the network accepts (each size a multiple of 2**depth)."""
+    m = 2**depth
+    return (1, 2 * m, 3 * m, 2 * m, len(spec.channels))
+
+
+def network_depth(model: Any) -> int:
+    """Number of 2x down-sampling layers (input sizes must be multiples of 2**depth)."""
+    return sum(1 for layer in model.layers if "pooling3d" in type(layer).__name__.lower())
+
+
+def write_package(model: Any, spec: ModelSpec, out_dir: Path) -> ModelSpec:
+    """Save ``model.keras``, convert and check ``model.onnx``, then write ``model.json`` last."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras_path = out_dir / "model.keras"
+    model.save(keras_path)
+    difference = convert_to_onnx(
+        keras_path, out_dir / "model.onnx", test_shape(spec, network_depth(model))
+    )
+    if not difference <= TOLERANCE:
+        raise RuntimeError(f"ONNX and Keras outputs differ by {difference:.2e} (> {TOLERANCE})")
+    spec.file = "model.onnx"
+    spec.keras_file = "model.keras"
+    spec.metrics = {**spec.metrics, "onnx_max_abs_difference": difference}
+    spec.write(out_dir / "model.json")  # last: a package with model.json is complete
+    print(f"model package written to {out_dir} (ONNX vs Keras max difference {difference:.1e})")
+    return spec
+
+
+def export_run(
+    run_dir: Path, out_dir: Path, *, checkpoint: str = "best", version: str | None = None
+) -> ModelSpec:
+    """Package a training run's ``best`` or ``last`` checkpoint with its config and metrics."""
+    keras = _keras()
+    path = run_dir / "checkpoints" / f"{checkpoint}.keras"
+    if not path.is_file():
+        raise InputError("no such checkpoint (train first)", path)
+    config = load_config(run_dir / "config.yaml")
+    state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    model = strip_training_state(keras.models.load_model(path))
+    spec = config.model_spec()
+    if version:
+        spec.version = version
+    best_row = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
+    last_row = state["history"][-1] if state["history"] else {}
+    chosen = best_row if checkpoint == "best" else last_row
+    spec.training = {
+        "config": config.to_dict(),
+        "split": {k: split[k] for k in ("training", "validation")},
+        "epochs_trained": state["epoch"],
+        "checkpoint": checkpoint,
+        "checkpoint_epoch": chosen.get("epoch"),
+        "keras_backend": keras.backend.backend(),
+    }
+    spec.metrics = {k: v for k, v in chosen.items() if k.startswith("val_")}
+    return write_package(model, spec, out_dir)
+
+
+def import_h5(
+    h5_path: Path,
+    out_dir: Path,
+    *,
+    channels: list[str],
+    name: str,
+    spacing_mm: list[float] | None = None,
+    version: str = "seed",
+) -> ModelSpec:
+    """Package a seed-style Keras ``.h5`` (4-class softmax, 1 mm, z-score in the brain)."""
+    keras = _keras()
+    if not h5_path.is_file():
+        raise InputError("file not found", h5_path)
+    model = keras.models.load_model(h5_path, compile=False)
+    original_shape = list(model.input_shape[1:4])
+    outputs = model.output_shape[-1]
+    if outputs != len(SOFTMAX_OUTPUT["classes"]):
+        raise InputError(f"expected a 4-class softmax output, found {outputs} channels", h5_path)
+    if model.input_shape[-1] != len(channels):
+        raise InputError(
+            f"the model takes {model.input_shape[-1]} channels but {len(channels)} were named",
+            h5_path,
+        )
+    model = with_dynamic_spatial_input(model)
+    depth = network_depth(model)
+    spec = ModelSpec(
+        name=name,
+        version=version,
+        description=f"imported from {h5_path.name} (trained input {original_shape})",
+        channels=channels,
+        spacing_mm=spacing_mm or [1.0, 1.0, 1.0],
+        size_multiple=max(16, 2**depth),
+        output=dict(SOFTMAX_OUTPUT),
+        training={"source": str(h5_path), "original_input_shape": original_shape},
+    )
+    return write_package(model, spec, out_dir)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    export_run(Path(args.run), Path(args.output), checkpoint=args.checkpoint, version=args.version)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    spacing = [float(v) for v in args.spacing.split(",")] if args.spacing else None
+    import_h5(
+        Path(args.h5),
+        Path(args.output),
+        channels=channels,
+        name=args.name or Path(args.h5).stem,
+        spacing_mm=spacing,
+    )
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the ``export`` and ``import`` sub-commands."""
+    p = sub.add_parser("export", help="package a training run as model.onnx + model.json + .keras")
+    p.add_argument("--run", required=True, help="run folder written by fit")
+    p.add_argument("--output", required=True, help="model package folder to write")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--version", help="model version recorded in model.json")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="package a seed-style Keras .h5 model")
+    p.add_argument("h5", help="the .h5 (or .keras) file")
+    p.add_argument("--channels", required=True, help="input channel order, e.g. flair,t1ce,t2,t1")
+    p.add_argument("--output", required=True, help="model package folder to write")
+    p.add_argument("--name", help="model name (default: the file name)")
+    p.add_argument("--spacing", help="voxel spacing the model was trained at, e.g. 1,1,1")
+    p.set_defaults(func=cmd_import)
+
+
+if __name__ == "__main__":  # the TensorFlow-backend conversion subprocess
+    _, keras_file, onnx_file, shape = sys.argv
+    print(
+        convert_to_onnx(Path(keras_file), Path(onnx_file), tuple(int(n) for n in shape.split(",")))
+    )

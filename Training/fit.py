@@ -1,0 +1,186 @@
+"""``fit``: train the U-Net on a prepared cache, resumably, on one or several devices."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from .callbacks import RunState, read_state
+from .config import Config, save_config
+from .distribute import gpu_count, is_chief, make_strategy, task_index
+from .losses import SegmentationLoss, region_metrics
+from .network import build_unet
+from .pipeline import CaseStore, common_shape, tf_dataset, training_patches, validation_volumes
+from .prepare import read_manifest
+from .split import split_cases
+
+
+def build_model(config: Config) -> keras.Model:
+    """The configured network for the configured ``model.json`` input/output."""
+    output = config.model["output"]
+    fixed = config.model.get("fixed_input_shape")
+    return build_unet(
+        config.network,
+        input_channels=len(config.model["channels"]),
+        num_outputs=len(output["classes"] if output["kind"] == "softmax" else output["regions"]),
+        output_activation=output["kind"],
+        input_shape=tuple(fixed) if fixed else None,
+        name=config.model["name"].replace("-", "_"),
+    )
+
+
+def make_optimizer(config: Config, total_steps: int) -> keras.optimizers.Optimizer:
+    """Adam (AdamW with weight decay) with the configured schedule over ``total_steps``."""
+    opt = config.optimizer
+    rate: Any = opt.learning_rate
+    if opt.schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(opt.learning_rate, total_steps, alpha=0.01)
+    elif opt.schedule == "poly":
+        rate = keras.optimizers.schedules.PolynomialDecay(
+            opt.learning_rate, total_steps, end_learning_rate=opt.learning_rate * 0.01, power=0.9
+        )
+    if opt.weight_decay:
+        return keras.optimizers.AdamW(rate, weight_decay=opt.weight_decay, clipnorm=opt.clipnorm)
+    return keras.optimizers.Adam(rate, clipnorm=opt.clipnorm)
+
+
+def compile_model(model: keras.Model, config: Config, total_steps: int) -> None:
+    """Attach optimiser, loss and the per-region Dice metrics."""
+    output = config.model["output"]
+    model.compile(
+        optimizer=make_optimizer(config, total_steps),
+        loss=SegmentationLoss(
+            config.loss.kind, output["kind"], config.loss.dice_weight, config.loss.ce_weight
+        ),
+        metrics=region_metrics(output),
+    )
+
+
+def _mixed_precision(config: Config) -> bool:
+    setting = config.training.mixed_precision
+    return setting == "on" or (setting == "auto" and gpu_count() > 0)
+
+
+def steps_per_epoch(config: Config, training_cases: int) -> int:
+    """Configured steps, or one pass over the training cases (one patch per case)."""
+    if config.data.steps_per_epoch:
+        return config.data.steps_per_epoch
+    return max(1, math.ceil(training_cases / config.data.batch_size))
+
+
+def fit(
+    config: Config,
+    cache: str | Path,
+    run_dir: str | Path,
+    *,
+    strategy: str = "auto",
+    logical_cpus: int | None = None,
+    verbose: int = 2,
+) -> dict[str, Any]:
+    """Train (or resume) a run in ``run_dir`` from prepared cases in ``cache``; returns the state.
+
+    ``cache`` is the folder written by ``prepare`` for this config's preprocessing settings.
+    An existing ``run_dir`` with a checkpoint is resumed from the epoch after its last one.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(cache)
+    expected = {k: config.model[k] for k in manifest.get("model", {})}
+    if manifest.get("model") and expected != manifest["model"]:
+        raise ValueError(f"{cache} was prepared with other preprocessing settings than this config")
+    if not manifest["cases"]:
+        raise ValueError(f"no prepared cases in {cache}; run the prepare command first")
+    train_ids, val_ids = split_cases(manifest["cases"], config.split)
+    state = read_state(run_dir)
+    if state and (state["epoch"] >= config.training.epochs or state.get("stopped_early")):
+        print(f"run already finished at epoch {state['epoch']} (best {state['best']})")
+        return state
+
+    keras.utils.set_random_seed(config.training.seed)
+    distribution = make_strategy(strategy, logical_cpus=logical_cpus)
+    if _mixed_precision(config):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    steps = steps_per_epoch(config, len(train_ids))
+    total_steps = steps * config.training.epochs
+    scope = distribution.scope() if distribution is not None else _NullScope()
+    with scope:
+        if state:
+            model = keras.models.load_model(run_dir / "checkpoints" / "last.keras")
+            print(f"resuming at epoch {state['epoch'] + 1} from {run_dir / 'checkpoints'}")
+        else:
+            model = build_model(config)
+            compile_model(model, config, total_steps)
+    if is_chief():
+        save_config(config, run_dir / "config.yaml")
+        split = {"training": train_ids, "validation": val_ids, "cache": str(Path(cache).resolve())}
+        (run_dir / "split.json").write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
+    initial_epoch = state["epoch"] if state else 0
+
+    channels = len(config.model["channels"])
+    outputs = model.output_shape[-1]
+    train_store = CaseStore(cache, train_ids)
+    val_store = CaseStore(cache, val_ids)
+    # New patches after a resume, different patches on each worker, same ones on a rerun.
+    seed = config.training.seed + 7919 * initial_epoch + 104729 * task_index()
+    train = tf_dataset(
+        lambda: training_patches(train_store, config, seed),
+        spatial=tuple(config.data.patch_size),
+        channels=channels,
+        outputs=outputs,
+        batch_size=config.data.batch_size,
+        prefetch=config.data.prefetch,
+    )
+    val_shape = common_shape(val_store)
+    # Whole validation volumes, one per replica batch slot so that every device gets work.
+    val_batch = distribution.num_replicas_in_sync if distribution is not None else 1
+    val = tf_dataset(
+        lambda: validation_volumes(val_store, config, val_shape),
+        spatial=val_shape,
+        channels=channels,
+        outputs=outputs,
+        batch_size=val_batch,
+        repeat=True,  # with validation_steps: the same cases every epoch, no end-of-data warning
+    )
+    run_state = RunState(
+        run_dir,
+        monitor=config.training.monitor,
+        patience=config.training.early_stopping_patience,
+        state=state,
+        write=is_chief(),
+    )
+    print(
+        f"training on {len(train_ids)} cases, validating on {len(val_ids)} "
+        f"(whole volumes {val_shape}); {steps} steps/epoch; backend {keras.backend.backend()}; "
+        f"{model.count_params():,} parameters"
+    )
+    start = time.perf_counter()
+    model.fit(
+        train,
+        steps_per_epoch=steps,
+        epochs=config.training.epochs,
+        initial_epoch=initial_epoch,
+        validation_data=val,
+        validation_steps=math.ceil(len(val_ids) / val_batch),
+        validation_freq=config.data.validation_every,
+        callbacks=[run_state],
+        shuffle=False,  # patches are already random
+        verbose=verbose,
+    )
+    elapsed = time.perf_counter() - start
+    epochs_run = run_state.state["epoch"] - initial_epoch
+    if epochs_run:
+        print(f"{epochs_run} epochs in {elapsed:.0f} s ({elapsed / epochs_run / steps:.2f} s/step)")
+    return run_state.state
+
+
+class _NullScope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

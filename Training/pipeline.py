@@ -1,0 +1,114 @@
+"""Input pipelines: random augmented training patches and whole-volume validation cases.
+
+Cases are memory-mapped from the ``prepare`` cache and read on the fly, so memory stays bounded
+whatever the dataset size. Patch sampling and augmentation run in numpy
+(:mod:`Training.augment`); :func:`tf_dataset` wraps a generator in ``tf.data`` with prefetching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from BrainTumorSegLib.labels import region_mask
+
+from . import augment
+from .config import Config
+
+
+class CaseStore:
+    """Read-only, memory-mapped access to prepared cases."""
+
+    def __init__(self, folder: str | Path, case_ids: list[str]) -> None:
+        self.folder = Path(folder)
+        self.case_ids = list(case_ids)
+        missing = [c for c in self.case_ids if not (self.folder / f"{c}_labels.npy").is_file()]
+        if missing:
+            raise FileNotFoundError(f"cases {missing} are not prepared in {self.folder}")
+
+    def image(self, case_id: str) -> np.ndarray:
+        return np.load(self.folder / f"{case_id}_image.npy", mmap_mode="r")
+
+    def labels(self, case_id: str) -> np.ndarray:
+        return np.load(self.folder / f"{case_id}_labels.npy", mmap_mode="r")
+
+    def tumour(self, case_id: str) -> np.ndarray:
+        return np.load(self.folder / f"{case_id}_tumour.npy")
+
+
+def encode_target(classes: np.ndarray, output: dict[str, Any]) -> np.ndarray:
+    """Network target from class indices: one-hot classes (softmax) or region masks (sigmoid)."""
+    if output["kind"] == "softmax":
+        return np.eye(len(output["classes"]), dtype=np.float32)[classes]
+    return np.stack([region_mask(classes, r) for r in output["regions"]], -1).astype(np.float32)
+
+
+def training_patches(
+    store: CaseStore, config: Config, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless (image patch, target) pairs: a random case, a tumour-biased centre, augmented."""
+    rng = np.random.default_rng(seed)
+    patch = tuple(config.data.patch_size)
+    output = config.model["output"]
+    while True:
+        case_id = store.case_ids[rng.integers(len(store.case_ids))]
+        image, labels = store.image(case_id), store.labels(case_id)
+        centre = augment.choose_centre(
+            image.shape, patch, store.tumour(case_id), config.data.foreground_probability, rng
+        )
+        spatial = augment.draw_spatial(centre, config.augment, rng)
+        x, y = augment.extract_patch(image, labels, patch, spatial)
+        x = augment.apply_intensity(x, augment.draw_intensity(x.shape[-1], config.augment, rng))
+        yield x, encode_target(y, output)
+
+
+def validation_volumes(
+    store: CaseStore, config: Config, shape: tuple[int, int, int] | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each validation case once, whole, zero-padded to a common ``shape`` (batchable)."""
+    shape = shape or common_shape(store)
+    output = config.model["output"]
+    for case_id in store.case_ids:
+        image, labels = store.image(case_id), store.labels(case_id)
+        start = [(s - n) // 2 for s, n in zip(image.shape[:3], shape)]
+        params = augment.SpatialParams(
+            centre=tuple(st + n / 2 - 0.5 for st, n in zip(start, shape))
+        )
+        x, y = augment.extract_patch(image, labels, shape, params)
+        yield x, encode_target(y, output)
+
+
+def common_shape(store: CaseStore) -> tuple[int, int, int]:
+    """Smallest shape holding every case of ``store`` (each is already a size multiple)."""
+    shapes = np.array([store.labels(c).shape for c in store.case_ids])
+    return tuple(int(v) for v in shapes.max(axis=0))
+
+
+def tf_dataset(
+    generator_fn: Any,
+    *,
+    spatial: tuple[int, int, int],
+    channels: int,
+    outputs: int,
+    batch_size: int,
+    prefetch: int = 2,
+    repeat: bool = False,
+) -> Any:
+    """``tf.data.Dataset`` of batches from a generator of (image, target) numpy pairs."""
+    import tensorflow as tf
+
+    signature = (
+        tf.TensorSpec((*spatial, channels), tf.float32),
+        tf.TensorSpec((*spatial, outputs), tf.float32),
+    )
+    dataset = tf.data.Dataset.from_generator(generator_fn, output_signature=signature)
+    options = tf.data.Options()
+    # A generator has no files to shard: each worker draws its own patches (seeded per worker).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dataset = dataset.with_options(options)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.batch(batch_size).prefetch(prefetch)
