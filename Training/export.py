@@ -78,6 +78,8 @@ def convert_to_onnx(keras_path: Path, onnx_path: Path, test_shape: tuple[int, ..
             raise RuntimeError(f"ONNX conversion failed:\n{done.stderr[-3000:]}")
         return float(done.stdout.strip().splitlines()[-1])
     model = keras.models.load_model(keras_path, compile=False)
+    x = np.zeros(test_shape, np.float32)
+    model.predict(x, verbose=0)  # Keras exports only models that have been called
     with tempfile.TemporaryDirectory() as tmp:
         # tf2onnx writes to the path it is given; convert beside, then move into place.
         tmp_path = Path(tmp) / "model.onnx"

@@ -157,6 +157,7 @@ def fit(
         f"training on {len(train_ids)} cases, validating on {len(val_ids)} "
         f"(whole volumes {val_shape}); {steps} steps/epoch; backend {keras.backend.backend()}; "
         f"{model.count_params():,} parameters"
+        + (f"; {distribution.num_replicas_in_sync} replicas" if distribution is not None else "")
     )
     start = time.perf_counter()
     model.fit(

@@ -1,0 +1,256 @@
+"""Micro training runs on synthetic BraTS-style cases: prepare, fit, resume, export, segment.
+
+Tiny network (filters 4-8-16), 16³ patches at 3 mm: the whole module runs in about a minute.
+The distributed path runs in a TensorFlow subprocess with the CPU split into two devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from Training.config import Config  # noqa: E402
+
+TINY = {
+    "model": {
+        "name": "tiny-test",
+        "spacing_mm": [3.0, 3.0, 3.0],
+        "size_multiple": 8,
+        "crop_margin_mm": 3.0,
+    },
+    "network": {"filters": [4, 8, 16], "norm": "batch"},
+    "data": {
+        "patch_size": [16, 16, 16],
+        "batch_size": 2,
+        "steps_per_epoch": 4,
+        "foreground_probability": 0.8,
+    },
+    "optimizer": {"learning_rate": 0.01, "schedule": "constant"},
+    "split": {"validation_fraction": 0.34, "stratify_by": "volume"},
+    "training": {"epochs": 6, "early_stopping_patience": None, "seed": 3},
+}
+
+
+def _write(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def synthetic_case(folder: Path, name: str, seed: int, *, brats2023: bool = False) -> None:
+    """A 48x48x40 1.5 mm case: ellipsoid brain, tumour of NCR core, ET rim and ED halo."""
+    rng = np.random.default_rng(seed)
+    shape = (48, 48, 40)
+    grid = np.indices(shape).astype(np.float32)
+    mid = (np.array(shape) - 1) / 2
+    brain = sum(((grid[a] - mid[a]) / (0.42 * shape[a])) ** 2 for a in range(3)) <= 1
+    centre = mid + rng.uniform(-5, 5, 3)
+    radius = np.sqrt(sum((grid[a] - centre[a]) ** 2 for a in range(3)))
+    size = rng.uniform(6, 9)
+    labels = np.zeros(shape, np.uint8)
+    labels[(radius < size * 1.6) & brain] = 2  # ED
+    labels[radius < size] = 4 if not brats2023 else 3  # ET rim
+    labels[radius < size * 0.5] = 1  # NCR
+    classes = {0: 0, 1: 1, 2: 2, 3: 3, 4: 3}
+    index = np.vectorize(classes.get)(labels)
+    # Each sequence sees the sub-regions differently (as MRI contrasts do).
+    contrast = np.array(
+        [[0, -1, 0.5, 0.3], [0, -0.5, 0.2, 2.0], [0, 1.5, 1.2, 0.8], [0, 0.5, 1.5, 1.0]]
+    )
+    affine = np.diag([-1.5, -1.5, 1.5, 1.0])  # LPS like BraTS
+    case = folder / name
+    case.mkdir(parents=True)
+    names = ("t1c", "t1n", "t2w", "t2f") if brats2023 else ("t1ce", "t1", "t2", "flair")
+    order = (1, 0, 2, 3)  # contrast rows are t1, t1ce, t2, flair
+    sep = "-" if brats2023 else "_"
+    for seq, row in zip(names, order):
+        image = 500 * (1 + contrast[row][index]) + rng.normal(0, 20, shape)
+        _write(
+            case / f"{name}{sep}{seq}.nii.gz", np.where(brain, image, 0).astype(np.float32), affine
+        )
+    _write(case / f"{name}{sep}seg.nii.gz", labels, affine)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dataset")
+    for n in range(3):
+        synthetic_case(root / "HGG", f"Synth_{n}", seed=n)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from Training.prepare import prepare_dataset
+
+    cache = tmp_path_factory.mktemp("cache")
+    return prepare_dataset(dataset, cache, Config.from_dict(TINY), workers=2, progress=False)
+
+
+def test_prepare_caches_working_grid_arrays_and_skips_done_cases(prepared: Path, dataset: Path):
+    from BrainTumorSegLib.labels import convention_to_classes
+    from Training.prepare import prepare_dataset, read_manifest
+
+    manifest = read_manifest(prepared)
+    assert sorted(manifest["cases"]) == ["Synth_0", "Synth_1", "Synth_2"]
+    entry = manifest["cases"]["Synth_0"]
+    assert entry["grade"] == "HGG" and entry["label_convention"] == "brats2018"
+    image = np.load(prepared / "Synth_0_image.npy")
+    labels = np.load(prepared / "Synth_0_labels.npy")
+    assert image.shape[:3] == labels.shape and image.shape[3] == 4
+    assert all(n % 8 == 0 for n in labels.shape)
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    # The WT volume recorded from the reference labels is what the file holds.
+    import nibabel as nib
+
+    seg = np.asarray(nib.load(dataset / "HGG" / "Synth_0" / "Synth_0_seg.nii.gz").dataobj)
+    wt_ml = (convention_to_classes(seg) > 0).sum() * 1.5**3 / 1000
+    assert entry["regions_ml"]["WT"] == pytest.approx(wt_ml)
+    before = (prepared / "Synth_0_image.npy").stat().st_mtime_ns
+    prepare_dataset(dataset, prepared.parent, Config.from_dict(TINY), progress=False)
+    assert (prepared / "Synth_0_image.npy").stat().st_mtime_ns == before  # skipped
+
+
+def test_prepare_reads_brats2023_layout(tmp_path: Path):
+    from Training.prepare import prepare_dataset, read_manifest
+
+    synthetic_case(tmp_path / "data", "BraTS-GLI-00001-000", seed=5, brats2023=True)
+    folder = prepare_dataset(
+        tmp_path / "data", tmp_path / "cache", Config.from_dict(TINY), workers=1, progress=False
+    )
+    entry = read_manifest(folder)["cases"]["BraTS-GLI-00001-000"]
+    assert entry["label_convention"] == "brats2023"
+    labels = np.load(folder / "BraTS-GLI-00001-000_labels.npy")
+    assert set(np.unique(labels)) == {0, 1, 2, 3}  # label 3 read as ET, not rejected
+
+
+@pytest.fixture(scope="module")
+def trained_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from Training.fit import fit
+
+    run = tmp_path_factory.mktemp("run")
+    fit(Config.from_dict(TINY), prepared, run, strategy="none", verbose=0)
+    return run
+
+
+def test_micro_training_reduces_the_loss(trained_run: Path):
+    state = json.loads((trained_run / "state.json").read_text())
+    losses = [row["loss"] for row in state["history"]]
+    assert len(losses) == 6
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
+    for name in (
+        "log.csv",
+        "curves.png",
+        "config.yaml",
+        "split.json",
+        "checkpoints/last.keras",
+        "checkpoints/best.keras",
+    ):
+        assert (trained_run / name).is_file(), name
+    header = (trained_run / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"val_dice_ET", "val_dice_TC", "val_dice_WT", "loss", "learning_rate"} <= set(header)
+
+
+def test_resume_continues_from_the_checkpoint(trained_run: Path, prepared: Path, tmp_path: Path):
+    import shutil
+
+    import keras
+
+    from Training.fit import fit
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = Config.from_dict({**TINY, "training": {**TINY["training"], "epochs": 8}})
+    state = fit(config, prepared, run, strategy="none", verbose=0)
+    assert [row["epoch"] for row in state["history"]] == list(range(1, 9))
+    model = keras.models.load_model(run / "checkpoints" / "last.keras")
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 8 * 4
+    # A finished run is not trained again.
+    again = fit(config, prepared, run, strategy="none", verbose=0)
+    assert again["epoch"] == 8 and len(again["history"]) == 8
+
+
+def test_export_round_trips_through_the_core(trained_run: Path, dataset: Path, tmp_path: Path):
+    import keras
+    import onnxruntime as ort
+
+    from BrainTumorSegLib import segment
+    from BrainTumorSegLib.model import load_model_spec
+    from Training.export import export_run
+
+    package = tmp_path / "package"
+    export_run(trained_run, package, checkpoint="last")
+    spec = load_model_spec(package)
+    assert spec.spacing_mm == [3.0, 3.0, 3.0] and spec.keras_file == "model.keras"
+    assert spec.training["config"]["network"]["filters"] == [4, 8, 16]
+    assert "val_dice_WT" in spec.metrics
+    session = ort.InferenceSession(str(package / "model.onnx"))
+    dims = session.get_inputs()[0].shape
+    assert not any(isinstance(d, int) for d in dims[:4]) and dims[4] == 4
+    x = np.random.default_rng(0).normal(size=(1, 16, 24, 8, 4)).astype(np.float32)
+    keras_out = keras.models.load_model(package / "model.keras").predict(x, verbose=0)
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x})
+    assert np.abs(onnx_out - keras_out).max() < 1e-4
+    case = dataset / "HGG" / "Synth_2"
+    inputs = {s: case / f"Synth_2_{s}.nii.gz" for s in ("t1", "t1ce", "t2", "flair")}
+    result = segment(inputs, tmp_path / "out", model=package, overlay=False)
+    assert result.classes.shape == (48, 48, 40)
+    assert (tmp_path / "out" / "segmentation.nii.gz").is_file()
+
+
+def test_evaluate_writes_tables_and_perfect_scores(dataset: Path, tmp_path: Path):
+    import shutil
+
+    from Training.evaluate import evaluate
+
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    for n in range(3):
+        shutil.copy(
+            dataset / "HGG" / f"Synth_{n}" / f"Synth_{n}_seg.nii.gz",
+            predictions / f"Synth_{n}.nii.gz",
+        )
+    summary = evaluate(predictions, dataset, tmp_path / "eval")
+    assert summary["dice_ET"]["mean"] == 1.0 and summary["hd95_WT"]["mean"] == 0.0
+    assert summary["dice_WT"]["n"] == 3
+    lines = (tmp_path / "eval" / "cases.csv").read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("case_id,dice_ET")
+    assert (tmp_path / "eval" / "boxplot.png").stat().st_size > 1000
+
+
+def test_distributed_fit_on_two_logical_cpus(prepared: Path, tmp_path: Path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY, "training": {**TINY["training"], "epochs": 2}}))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    command = [
+        sys.executable,
+        "-m",
+        "Training",
+        "fit",
+        "--config",
+        str(config),
+        "--cache",
+        str(prepared.parent),
+        "--run",
+        str(tmp_path / "run"),
+        "--strategy",
+        "mirrored",
+        "--logical-cpus",
+        "2",
+        "--verbose",
+        "0",
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 replicas" in done.stdout
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epoch"] == 2 and all(np.isfinite(r["loss"]) for r in state["history"])
