@@ -254,3 +254,28 @@ def test_distributed_fit_on_two_logical_cpus(prepared: Path, tmp_path: Path):
     assert "2 replicas" in done.stdout
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["epoch"] == 2 and all(np.isfinite(r["loss"]) for r in state["history"])
+
+
+def test_import_seed_style_h5_gives_dynamic_onnx(tmp_path: Path):
+    import keras
+
+    from BrainTumorSegLib.model import load_model_spec
+    from Training.config import NetworkConfig
+    from Training.export import import_h5
+    from Training.network import build_unet
+
+    net = NetworkConfig(filters=[2, 4, 8], norm="batch")
+    seed = build_unet(net, input_channels=4, num_outputs=4, input_shape=(32, 32, 32))
+    h5 = tmp_path / "seed.h5"
+    seed.save(h5)
+    package = tmp_path / "seed_package"
+    import_h5(h5, package, channels=["flair", "t1ce", "t2", "t1"], name="seed")
+    spec = load_model_spec(package)
+    assert spec.channels == ["flair", "t1ce", "t2", "t1"]
+    assert spec.training["original_input_shape"] == [32, 32, 32]
+    imported = keras.models.load_model(package / "model.keras")
+    assert imported.input_shape == (None, None, None, None, 4)
+    x = np.random.default_rng(1).normal(size=(1, 32, 32, 32, 4)).astype(np.float32)
+    assert np.allclose(imported.predict(x, verbose=0), seed.predict(x, verbose=0), atol=1e-5)
+    with pytest.raises(Exception, match="channels"):
+        import_h5(h5, tmp_path / "bad", channels=["t1", "t2"], name="bad")

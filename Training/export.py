@@ -149,7 +149,7 @@ def export_run(
     config = load_config(run_dir / "config.yaml")
     state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-    model = strip_training_state(keras.models.load_model(path))
+    model = strip_training_state(keras.models.load_model(path, compile=False))
     spec = config.model_spec()
     if version:
         spec.version = version

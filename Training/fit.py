@@ -110,6 +110,7 @@ def fit(
     scope = distribution.scope() if distribution is not None else _NullScope()
     with scope:
         if state:
+            # The custom loss and metrics are registered by importing .losses (above).
             model = keras.models.load_model(run_dir / "checkpoints" / "last.keras")
             print(f"resuming at epoch {state['epoch'] + 1} from {run_dir / 'checkpoints'}")
         else:

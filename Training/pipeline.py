@@ -108,6 +108,8 @@ def tf_dataset(
     options = tf.data.Options()
     # A generator has no files to shard: each worker draws its own patches (seeded per worker).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    # The generator holds the GIL anyway; more tf.data threads only compete with the model.
+    options.threading.private_threadpool_size = 1
     dataset = dataset.with_options(options)
     if repeat:
         dataset = dataset.repeat()
