@@ -27,41 +27,10 @@ def _channels(text: str) -> list[str]:
     return items
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``braintumorseg`` command."""
-    parser = argparse.ArgumentParser(
-        prog="braintumorseg",
-        description="Segment brain gliomas (necrotic core, edema, enhancing tumour) on MRI.",
-    )
-    parser.add_argument("--version", action="version", version=f"BrainTumorSeg {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    seg = commands.add_parser(
-        "segment",
-        help="segment one case",
-        description="Segment one case given as four sequence files or a folder holding them.",
-    )
-    inputs = seg.add_argument_group("inputs (NIfTI .nii/.nii.gz or NRRD .nrrd/.nhdr)")
-    for sequence in SEQUENCES:
-        inputs.add_argument(
-            f"--{sequence}", type=Path, metavar="FILE", help=f"{SEQUENCE_TITLES[sequence]} image"
-        )
-    inputs.add_argument(
-        "--input-dir",
-        type=Path,
-        metavar="DIR",
-        help="folder with the four sequences, BraTS names (CASE_t1ce.nii.gz, CASE-t1c.nii.gz)",
-    )
-    inputs.add_argument(
-        "--reference",
-        choices=SEQUENCES,
-        default=None,
-        help="sequence whose voxel grid the segmentation is written on (default: t1ce)",
-    )
-    seg.add_argument(
-        "--output", "-o", type=Path, required=True, metavar="DIR", help="output folder"
-    )
-    model = seg.add_argument_group("model")
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The model and processing options, shared by ``segment`` and ``batch`` (which passes
+    them on to each case as ``--option value``)."""
+    model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
         type=Path,
@@ -75,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="input channel order of a model file without model.json, e.g. flair,t1ce,t2",
     )
-    options = seg.add_argument_group("options")
+    options = parser.add_argument_group("options")
     options.add_argument(
         "--labels",
         choices=sorted(CONVENTIONS),
@@ -112,6 +81,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="above this estimated memory, infer in overlapping windows (default 2)",
     )
     options.add_argument("--no-overlay", action="store_true", help="do not draw overlay.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``braintumorseg`` command."""
+    parser = argparse.ArgumentParser(
+        prog="braintumorseg",
+        description="Segment brain gliomas (necrotic core, edema, enhancing tumour) on MRI.",
+    )
+    parser.add_argument("--version", action="version", version=f"BrainTumorSeg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    seg = commands.add_parser(
+        "segment",
+        help="segment one case",
+        description="Segment one case given as four sequence files or a folder holding them.",
+    )
+    inputs = seg.add_argument_group("inputs (NIfTI .nii/.nii.gz or NRRD .nrrd/.nhdr)")
+    for sequence in SEQUENCES:
+        inputs.add_argument(
+            f"--{sequence}", type=Path, metavar="FILE", help=f"{SEQUENCE_TITLES[sequence]} image"
+        )
+    inputs.add_argument(
+        "--input-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder with the four sequences, BraTS names (CASE_t1ce.nii.gz, CASE-t1c.nii.gz)",
+    )
+    inputs.add_argument(
+        "--stack",
+        type=Path,
+        metavar="FILE",
+        help="one 4D file holding several sequences (e.g. a Medical Decathlon case)",
+    )
+    inputs.add_argument(
+        "--stack-order",
+        type=_channels,
+        metavar="LIST",
+        help="sequence of each volume in --stack, e.g. flair,t1,t1ce,t2 (Decathlon BRATS)",
+    )
+    inputs.add_argument(
+        "--reference",
+        choices=SEQUENCES,
+        default=None,
+        help="sequence whose voxel grid the segmentation is written on (default: t1ce)",
+    )
+    seg.add_argument(
+        "--output", "-o", type=Path, required=True, metavar="DIR", help="output folder"
+    )
+    add_run_options(seg)
     output = seg.add_argument_group("progress")
     output.add_argument(
         "--progress-json",
@@ -119,17 +137,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="print progress as one JSON object per line on stdout (for the Slicer module)",
     )
     output.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    batch = commands.add_parser(
+        "batch",
+        help="segment every case folder of a folder",
+        description="Segment each subfolder of INPUT_DIR that holds the four sequences into "
+        "OUTPUT/<case>/. Failing cases do not stop the others; cases already done are skipped, "
+        "so an interrupted batch resumes where it stopped. Writes OUTPUT/batch_status.csv.",
+    )
+    batch.add_argument("input_dir", type=Path, metavar="INPUT_DIR", help="folder of case folders")
+    batch.add_argument(
+        "--output", "-o", type=Path, required=True, metavar="DIR", help="output folder"
+    )
+    batch.add_argument(
+        "--jobs", "-j", type=int, default=1, metavar="N", help="cases run at once (default 1)"
+    )
+    batch.add_argument(
+        "--reference",
+        choices=SEQUENCES,
+        default=None,
+        help="sequence whose voxel grid each segmentation is written on (default: t1ce)",
+    )
+    add_run_options(batch)
+    batch.add_argument("--quiet", action="store_true", help="no progress bar or case lines")
     return parser
 
 
 def _collect_inputs(args: argparse.Namespace) -> dict[str, Path]:
     given = {s: getattr(args, s) for s in SEQUENCES if getattr(args, s) is not None}
+    if args.stack is not None:
+        return given  # the stack holds the rest; segment() checks the combination
     if args.input_dir is not None:
         found = find_sequences(args.input_dir)
         found.update(given)  # explicit files override what the folder holds
         return found
     if not given:
-        raise InputError("give the sequences with --t1 --t1ce --t2 --flair, or --input-dir")
+        raise InputError("give the sequences with --t1 --t1ce --t2 --flair, --input-dir or --stack")
     return given
 
 
@@ -161,6 +204,8 @@ def _run_segment(args: argparse.Namespace) -> int:
             memory_budget_gb=args.memory_budget_gb,
             overlay=not args.no_overlay,
             progress=progress,
+            stack=args.stack,
+            stack_order=args.stack_order,
         )
     except InputError as e:
         progress.fail(str(e))
@@ -198,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if args.command == "segment":
         return _run_segment(args)
+    if args.command == "batch":
+        from .batch import run_batch_command
+
+        return run_batch_command(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_BAD_INPUT
 

@@ -20,10 +20,26 @@ from .model import ModelSpec
 
 ProgressFn = Callable[[float, str], None]
 
-# Activation memory of a U-Net per input voxel, in bytes, for a base width of 16 filters
-# (several full-resolution feature maps are alive at once); scaled by the model's base width.
-BYTES_PER_VOXEL_PER_BASE_FILTER = 24.0
+# Peak memory of one ONNX Runtime forward pass of a 3D U-Net, per input voxel and per filter of
+# the network's first level (activations scale with that width). Calibrated by measuring the
+# peak RSS of whole-volume inference of the trainer's U-Net (widths b, 2b, ..., 16b; instance
+# norm; 4 channels in, 4 out) at 64^3 to 144x176x144 voxels for b = 8, 16, 32, minus the RSS
+# before the run; the constant covers the largest ratio seen (ONNX Runtime's arena grows in
+# powers of two, so the measurements scatter by up to ~1.5x). See docs: troubleshooting.
+BYTES_PER_VOXEL_PER_BASE_FILTER = 26.0
+# Base width assumed for a model whose metadata does not say (e.g. an imported .h5).
+DEFAULT_BASE_FILTERS = 16
+# Memory of the runtime itself and the loaded session, independent of the input size.
+SESSION_OVERHEAD_BYTES = 150e6
+# Per working-grid voxel and channel: input, output, the blending accumulators (float32).
+ARRAY_BYTES_PER_VOXEL_PER_CHANNEL = 4.0
 DEFAULT_MEMORY_BUDGET_GB = 2.0
+# Share of the available memory that a run may plan to use (the rest for the system, caches).
+USABLE_MEMORY_FRACTION = 0.8
+
+
+class MemoryLimitError(InputError):
+    """The case needs more memory than this machine has available, even in small windows."""
 
 
 class Backend(Protocol):
@@ -121,10 +137,166 @@ def load_backend(spec: ModelSpec, threads: int | None = None) -> Backend:
     return backend
 
 
+def base_filters(spec: ModelSpec) -> int:
+    """Width of the network's first level, from the training metadata when it is there."""
+    training = spec.training or {}
+    try:
+        filters = training["config"]["network"]["filters"]
+        return int(filters[0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        pass
+    try:
+        return int(training.get("base_filters", DEFAULT_BASE_FILTERS))
+    except (TypeError, ValueError):
+        return DEFAULT_BASE_FILTERS
+
+
 def estimate_memory_bytes(shape: tuple[int, ...], spec: ModelSpec) -> float:
-    """Rough peak activation memory of one forward pass on a block of ``shape``."""
-    base = float(spec.training.get("base_filters", 16))
-    return float(np.prod(shape)) * BYTES_PER_VOXEL_PER_BASE_FILTER * base
+    """Peak memory of one forward pass on a block of ``shape`` (calibrated, see above)."""
+    voxels = float(np.prod(shape))
+    return voxels * BYTES_PER_VOXEL_PER_BASE_FILTER * base_filters(spec) + SESSION_OVERHEAD_BYTES
+
+
+def working_arrays_bytes(shape: tuple[int, ...], spec: ModelSpec) -> float:
+    """Arrays held around the network for a working volume of ``shape``: the input, the
+    blended output and its weights, and the output of one window."""
+    channels = len(spec.channels) + 2 * spec.num_outputs + 1
+    return float(np.prod(shape)) * channels * ARRAY_BYTES_PER_VOXEL_PER_CHANNEL
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can still use, in bytes, or None when it cannot be told.
+
+    Linux: MemAvailable from /proc/meminfo, capped by a cgroup (container) limit; elsewhere
+    the free physical pages (POSIX) or GlobalMemoryStatusEx (Windows).
+    """
+    available: int | None = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    if available is None:
+        available = _available_fallback()
+    limit = _cgroup_headroom()
+    if limit is not None:
+        available = limit if available is None else min(available, limit)
+    return available
+
+
+def _cgroup_headroom() -> int | None:
+    """Bytes left under a cgroup v2 memory limit (containers), or None without a limit."""
+    try:
+        root = "/sys/fs/cgroup"
+        with open(f"{root}/memory.max", encoding="ascii") as handle:
+            text = handle.read().strip()
+        if text == "max":
+            return None
+        with open(f"{root}/memory.current", encoding="ascii") as handle:
+            current = int(handle.read().strip())
+        return max(0, int(text) - current)
+    except (OSError, ValueError):
+        return None
+
+
+def _available_fallback() -> int | None:
+    if hasattr(os, "sysconf"):
+        try:
+            pages = os.sysconf("SC_AVPHYS_PAGES")
+            size = os.sysconf("SC_PAGE_SIZE")
+            if pages > 0 and size > 0:
+                return int(pages * size)
+        except (ValueError, OSError):
+            pass
+    if os.name == "nt":
+        import ctypes
+
+        class MemoryStatus(ctypes.Structure):
+            _fields_ = [
+                ("dwLength", ctypes.c_ulong),
+                ("dwMemoryLoad", ctypes.c_ulong),
+                ("ullTotalPhys", ctypes.c_ulonglong),
+                ("ullAvailPhys", ctypes.c_ulonglong),
+                ("ullTotalPageFile", ctypes.c_ulonglong),
+                ("ullAvailPageFile", ctypes.c_ulonglong),
+                ("ullTotalVirtual", ctypes.c_ulonglong),
+                ("ullAvailVirtual", ctypes.c_ulonglong),
+                ("ullAvailExtendedVirtual", ctypes.c_ulonglong),
+            ]
+
+        status = MemoryStatus()
+        status.dwLength = ctypes.sizeof(MemoryStatus)
+        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
+            return int(status.ullAvailPhys)
+    return None
+
+
+def plan_inference(
+    shape: tuple[int, ...],
+    spec: ModelSpec,
+    memory_budget_gb: float | None = None,
+    *,
+    available: int | None = None,
+    other_bytes: float = 0.0,
+) -> tuple[tuple[int, ...], float]:
+    """Window size for a working volume of ``shape`` and the memory the run will need.
+
+    The budget is ``memory_budget_gb`` (default 2 GB), lowered to what the machine has
+    available (``available`` bytes, less ``other_bytes`` already held, e.g. the images).
+    Whole-volume inference when it fits, else the largest window that does; raises
+    :class:`MemoryLimitError`, saying how much is needed, when even the smallest window
+    cannot fit in the available memory.
+    """
+    budget = (memory_budget_gb or DEFAULT_MEMORY_BUDGET_GB) * 1e9
+    arrays = working_arrays_bytes(shape, spec)
+    headroom = None
+    if available is not None:
+        headroom = available * USABLE_MEMORY_FRACTION - other_bytes - arrays
+        budget = min(budget, headroom)
+    patch = choose_patch(shape, spec, budget)
+    network = estimate_memory_bytes(patch, spec)
+    needed = other_bytes + arrays + network
+    if headroom is not None and network > headroom:
+        have = "nothing" if headroom <= 0 else f"{available / 1e9:.1f} GB"
+        raise MemoryLimitError(
+            f"this case needs about {needed / 1e9:.1f} GB of memory even with windowed "
+            f"inference (windows of {'x'.join(map(str, patch))}) but {have} is available; "
+            "close other programs or use a machine with more memory"
+        )
+    return patch, needed
+
+
+def check_run_memory(
+    shape: tuple[int, ...],
+    spacing: tuple[float, ...],
+    n_images: int,
+    spec: ModelSpec,
+    memory_budget_gb: float | None = None,
+) -> float:
+    """Bytes a run on images of ``shape`` and ``spacing`` (mm) will still need; raises
+    :class:`MemoryLimitError` before any work when the machine cannot provide them.
+
+    Called once the images are loaded (they are then already part of the used memory): counts
+    the copies that conforming and preprocessing make, and inference on the largest working
+    grid the field of view allows (the brain crop can only make it smaller).
+    """
+    multiple = spec.size_multiple
+    extent = np.asarray(shape, dtype=float) * np.asarray(spacing, dtype=float)
+    working = np.ceil(extent / np.asarray(spec.spacing_mm) / multiple) * multiple
+    if spec.fixed_input_shape:
+        working = np.maximum(working, spec.fixed_input_shape)
+    copies = 2.0 * n_images * float(np.prod(shape)) * 4  # conformed images and masks (float32)
+    _, needed = plan_inference(
+        tuple(int(n) for n in working),
+        spec,
+        memory_budget_gb,
+        available=available_memory_bytes(),
+        other_bytes=copies,
+    )
+    return needed
 
 
 def gaussian_weights(shape: tuple[int, int, int], sigma_fraction: float = 0.125) -> np.ndarray:
@@ -175,17 +347,26 @@ def predict_volume(
     memory_budget_gb: float | None = None,
     progress: ProgressFn | None = None,
     cancelled: Callable[[], bool] | None = None,
+    available: int | None = None,
+    other_bytes: float = 0.0,
 ) -> np.ndarray:
     """Network output (K, X, Y, Z) float32 for a channels-last volume (X, Y, Z, C).
+
+    Runs on the whole volume when :func:`plan_inference` says it fits the memory budget and
+    what is available (``available`` bytes, measured when None; ``other_bytes`` already
+    held elsewhere), in overlapping windows otherwise.
 
     Raises :class:`~BrainTumorSegLib.errors.CancelledError` when ``cancelled()`` turns true.
     """
     from .errors import CancelledError
 
     report = progress or (lambda fraction, message: None)
-    budget = (memory_budget_gb or DEFAULT_MEMORY_BUDGET_GB) * 1e9
     spatial = volume.shape[:3]
-    patch = choose_patch(spatial, spec, budget)
+    if available is None:
+        available = available_memory_bytes()
+    patch, _ = plan_inference(
+        spatial, spec, memory_budget_gb, available=available, other_bytes=other_bytes
+    )
     padded = volume
     if any(p > s for p, s in zip(patch, spatial)):  # fixed-size networks need a full window
         pad = [(0, max(0, p - s)) for p, s in zip(patch, spatial)] + [(0, 0)]

@@ -19,9 +19,9 @@ from . import __version__
 from .conform import resample_to_grid
 from .errors import InputError
 from .geometry import Grid
-from .infer import load_backend, predict_volume
+from .infer import check_run_memory, load_backend, predict_volume
 from .labels import CONVENTIONS, DEFAULT_CONVENTION
-from .load import SEQUENCE_TITLES, SEQUENCES, Volume, load_volume
+from .load import SEQUENCE_TITLES, SEQUENCES, Volume, check_stack_order, load_stack, load_volume
 from .model import ModelSpec, resolve_model
 from .postprocess import (
     clear_outside_brain,
@@ -84,11 +84,15 @@ def segment(
     overlay: bool = True,
     progress: Progress | None = None,
     cancelled: Callable[[], bool] | None = None,
+    stack: str | Path | None = None,
+    stack_order: list[str] | None = None,
 ) -> SegmentationResult:
     """Segment a glioma from MRI files; write outputs to ``output_dir`` when given.
 
     ``inputs`` maps sequence names ("t1", "t1ce", "t2", "flair") to image files; the model's
-    channels must all be present. Returns class indices on the reference input's grid.
+    channels must all be present. ``stack`` is a 4D file holding several sequences, in the
+    order ``stack_order`` declares (e.g. a Medical Decathlon case: flair, t1, t1ce, t2).
+    Returns class indices on the reference input's grid.
     Raises :class:`InputError` for bad input before anything is written.
     """
     progress = progress or Progress()
@@ -101,6 +105,13 @@ def segment(
     unknown = sorted(set(paths) - set(SEQUENCES))
     if unknown:
         raise InputError(f"unknown sequence names {unknown}; use {', '.join(SEQUENCES)}")
+    stack_order = list(stack_order or [])
+    if stack is not None:
+        check_stack_order(stack_order, stack)
+        twice = [SEQUENCE_TITLES[s] for s in stack_order if s in paths]
+        if twice:
+            raise InputError(f"{', '.join(twice)} given both in the stack and as a file", stack)
+        paths.update({seq: Path(stack) for seq in stack_order})
 
     with progress.stage("load", "loading model and images") as update:
         spec = model if isinstance(model, ModelSpec) else resolve_model(model, channels)
@@ -109,15 +120,22 @@ def segment(
             raise InputError(f"model {spec.name!r} needs {', '.join(missing)}, which was not given")
         reference = _choose_reference(reference, paths, spec)
         used = {seq: paths[seq] for seq in SEQUENCES if seq in spec.channels or seq == reference}
-        check_distinct_files(used)
+        check_distinct_files({s: p for s, p in used.items() if s not in stack_order})
         if output_dir is not None:
             check_output_dir(Path(output_dir), list(used.values()))
         backend = load_backend(spec, threads)
         volumes: dict[str, Volume] = {}
+        stacked = load_stack(stack, stack_order) if stack is not None else {}
         for n, (seq, path) in enumerate(used.items()):
             update(n / len(used), f"reading {path.name}")
-            volumes[seq] = load_volume(path)
+            volumes[seq] = stacked[seq] if seq in stacked else load_volume(path)
             warnings += volumes[seq].warnings
+        del stacked
+        # Before any heavy work: refuse, saying how much is needed, if this cannot fit.
+        ref_grid = volumes[reference].grid
+        check_run_memory(
+            ref_grid.shape, tuple(ref_grid.spacing), len(volumes), spec, memory_budget_gb
+        )
 
     with progress.stage("validate", "checking images"):
         ref = volumes[reference]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +55,98 @@ def check_output_dir(output: Path, input_paths: list[Path]) -> None:
         raise InputError(f"output folder is not writable ({e.strerror})", output) from e
 
 
+STAGING_PREFIX = ".braintumorseg-staging-"
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when a process with this id exists (it may belong to someone else)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # type: ignore[attr-defined]
+        if handle:
+            ctypes.windll.kernel32.CloseHandle(handle)  # type: ignore[attr-defined]
+        return bool(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _staging_owner(name: str) -> tuple[int, str] | None:
+    """(pid, host) encoded in a staging folder's name, or None for other names."""
+    if not name.startswith(STAGING_PREFIX):
+        return None
+    parts = name[len(STAGING_PREFIX) :].split("-")
+    if len(parts) < 3 or not parts[0].isdigit():
+        return None
+    return int(parts[0]), "-".join(parts[1:-1])
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Delete staging folders (and files) in ``folder`` left by processes that died without
+    cleaning up (SIGKILL, power loss); returns what was removed.
+
+    A staging folder's name holds its creator's process id and host, so only folders of dead
+    processes on this machine are touched, never those of a run still in progress.
+    """
+    removed: list[Path] = []
+    host = host_tag()
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        owner = _staging_owner(entry.name)
+        if owner is None or owner[1] != host or owner[0] == os.getpid() or _pid_alive(owner[0]):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with suppress(OSError):
+                entry.unlink()  # e.g. a status file caught between write and rename
+        removed.append(entry)
+    return removed
+
+
+def host_tag() -> str:
+    """This machine's name as used in staging names (letters, digits and underscores)."""
+    # Hostnames may hold dashes; the name is only compared, never parsed further.
+    return "".join(c if c.isalnum() else "_" for c in platform.node()) or "host"
+
+
 @contextmanager
 def staged_output(output: Path) -> Iterator[Path]:
-    """Yield a staging folder; on success move its files into ``output``, else delete it."""
+    """Yield a staging folder; on success put its files in ``output``, else delete it.
+
+    The staging folder is created beside ``output`` (same file system) and named with this
+    process's id, so that a later run can remove it if this process is killed. A new
+    ``output`` appears in one atomic rename, complete; into an existing folder, files are
+    moved one by one with ``report.json`` last, so a report always describes files present.
+    """
     output = Path(output).resolve()
-    parent = output.parent if not output.exists() else output
+    parent = output.parent
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".braintumorseg-staging-", dir=parent))
+    remove_stale_staging(parent)
+    staging = parent / f"{STAGING_PREFIX}{os.getpid()}-{host_tag()}-{secrets.token_hex(4)}"
+    staging.mkdir()  # unlike mkdtemp, honours the umask: the folder may become the output
     try:
         yield staging
-        output.mkdir(parents=True, exist_ok=True)
-        for item in sorted(staging.iterdir()):
-            os.replace(item, output / item.name)  # atomic within one file system
+        with suppress(OSError):
+            os.rmdir(output)  # only succeeds for an empty folder, which we may replace
+        try:
+            os.rename(staging, output)
+        except OSError:
+            if not output.is_dir():
+                raise
+            items = sorted(staging.iterdir(), key=lambda item: item.name == REPORT_JSON)
+            for item in items:
+                os.replace(item, output / item.name)  # atomic within one file system
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
