@@ -74,7 +74,8 @@ def run_model(model: str, cases: list[Case], out_dir: Path, **options: Any) -> P
         target = folder / case.case_id
         if (target / "segmentation.nii.gz").is_file():
             continue
-        segment({k: str(v) for k, v in case.images.items()}, target, model=model, **options)
+        images = {k: str(v) for k, v in case.images.items()}
+        segment(images, target, model=model, overlay=False, **options)
     return folder
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import keras
 
 from .callbacks import RunState, read_state
-from .config import Config, save_config
+from .config import Config, load_config, save_config
 from .distribute import gpu_count, is_chief, make_strategy, task_index
 from .losses import SegmentationLoss, region_metrics
 from .network import build_unet
@@ -116,6 +116,8 @@ def fit(
         else:
             model = build_model(config)
             compile_model(model, config, total_steps)
+    if state and (run_dir / "config.yaml").is_file():
+        _warn_config_changes(load_config(run_dir / "config.yaml"), config)
     if is_chief():
         save_config(config, run_dir / "config.yaml")
         split = {"training": train_ids, "validation": val_ids, "cache": str(Path(cache).resolve())}
@@ -178,6 +180,22 @@ def fit(
     if epochs_run:
         print(f"{epochs_run} epochs in {elapsed:.0f} s ({elapsed / epochs_run / steps:.2f} s/step)")
     return run_state.state
+
+
+def _warn_config_changes(saved: Config, current: Config) -> None:
+    """Tell the user when a resumed run continues with different settings."""
+    old, new = saved.to_dict(), current.to_dict()
+    changed = [
+        f"{section}.{key}: {old[section].get(key)!r} -> {value!r}"
+        for section, values in new.items()
+        for key, value in values.items()
+        if old.get(section, {}).get(key) != value
+    ]
+    if changed:
+        print(
+            "warning: resuming with changed settings (the network and optimiser come from the "
+            "checkpoint): " + "; ".join(changed)
+        )
 
 
 class _NullScope:
