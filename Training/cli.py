@@ -72,7 +72,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per pipeline stage."""
-    parser = argparse.ArgumentParser(prog="python -m Training", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m Training",
+        description="BrainTumorSeg training: prepare data, fit, evaluate, export/import models.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_config(p: argparse.ArgumentParser) -> None:

@@ -161,7 +161,7 @@ class TrainingConfig:
     """The training loop."""
 
     epochs: int = 300
-    early_stopping_patience: int | None = 60  # epochs without a better validation Dice
+    early_stopping_patience: int | None = 60  # validation passes without a better monitor
     seed: int = 42
     mixed_precision: str = "auto"  # auto (on with a GPU) | on | off
     monitor: str = "val_dice_mean"
