@@ -81,6 +81,21 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="above this estimated memory, infer in overlapping windows (default 2)",
     )
     options.add_argument("--no-overlay", action="store_true", help="do not draw overlay.png")
+    raw = parser.add_argument_group("raw clinical scans")
+    raw.add_argument(
+        "--raw",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=("on", "off", "auto"),
+        help="register, resample to 1 mm and skull-strip raw scanner series first "
+        "(--raw = on; auto: only what the input needs; default off)",
+    )
+    raw.add_argument(
+        "--save-intermediates",
+        action="store_true",
+        help="with --raw: also write the registered sequences and the brain mask",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +221,8 @@ def _run_segment(args: argparse.Namespace) -> int:
             progress=progress,
             stack=args.stack,
             stack_order=args.stack_order,
+            raw=args.raw,
+            save_intermediates=args.save_intermediates,
         )
     except InputError as e:
         progress.fail(str(e))

@@ -31,6 +31,7 @@ from .postprocess import (
 )
 from .preprocess import brain_mask, preprocess
 from .progress import Progress
+from .raw import parse_raw_mode, prepare_raw, write_intermediates
 from .report import build_report
 from .restore import restore_to_input_grid
 from .validate import check_distinct_files, check_intensities, check_overlap
@@ -45,6 +46,8 @@ from .write import (
     write_label_nifti,
     write_seg_nrrd,
 )
+
+INTERMEDIATES_DIR = "intermediates"
 
 
 @dataclass
@@ -86,13 +89,17 @@ def segment(
     cancelled: Callable[[], bool] | None = None,
     stack: str | Path | None = None,
     stack_order: list[str] | None = None,
+    raw: str | bool = "off",
+    save_intermediates: bool = False,
 ) -> SegmentationResult:
     """Segment a glioma from MRI files; write outputs to ``output_dir`` when given.
 
     ``inputs`` maps sequence names ("t1", "t1ce", "t2", "flair") to image files; the model's
     channels must all be present. ``stack`` is a 4D file holding several sequences, in the
     order ``stack_order`` declares (e.g. a Medical Decathlon case: flair, t1, t1ce, t2).
-    Returns class indices on the reference input's grid.
+    ``raw`` "on" registers, resamples and skull-strips raw scanner series first (:mod:`raw`),
+    "auto" only what the input needs; ``save_intermediates`` then also writes the registered
+    1 mm sequences and the brain mask. Returns class indices on the reference input's grid.
     Raises :class:`InputError` for bad input before anything is written.
     """
     progress = progress or Progress()
@@ -101,6 +108,7 @@ def segment(
         raise InputError(f"--labels must be one of {', '.join(CONVENTIONS)}, not {labels!r}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be at least 1, not {threads}")
+    raw_mode = parse_raw_mode(raw)
     paths = {seq: Path(p) for seq, p in inputs.items() if p is not None}
     unknown = sorted(set(paths) - set(SEQUENCES))
     if unknown:
@@ -144,19 +152,30 @@ def segment(
             if seq != reference:
                 check_overlap(ref, volume, seq)
 
-    with progress.stage("conform", "aligning sequences to the reference grid"):
-        images: dict[str, np.ndarray] = {}
-        for seq, volume in volumes.items():
-            if volume.grid.same_as(ref.grid):
-                images[seq] = volume.array
-            else:
-                # Not an error: scanners write each series on its own grid.
-                warnings.append(
-                    f"{SEQUENCE_TITLES[seq]} was resampled onto the "
-                    f"{SEQUENCE_TITLES[reference]} grid (its grid {volume.grid.shape} "
-                    f"differs from {ref.grid.shape} or is moved)"
-                )
-                images[seq] = resample_to_grid(volume.array, volume.grid, ref.grid, order=1)
+    raw_prepared = None
+    with progress.stage("conform", "aligning sequences to the reference grid") as update:
+        if raw_mode != "off":
+            raw_prepared = prepare_raw(volumes, reference, mode=raw_mode, progress=update)
+            if raw_prepared is None:
+                warnings.append("raw mode auto: the input looks co-registered and skull-stripped")
+        if raw_prepared is not None:
+            images, work_grid = raw_prepared.images, raw_prepared.grid
+            warnings += raw_prepared.warnings
+        else:
+            images, work_grid = {}, ref.grid
+            for seq, volume in volumes.items():
+                if volume.grid.same_as(ref.grid):
+                    images[seq] = volume.array
+                else:
+                    # Not an error: scanners write each series on its own grid.
+                    warnings.append(
+                        f"{SEQUENCE_TITLES[seq]} was resampled onto the "
+                        f"{SEQUENCE_TITLES[reference]} grid (its grid {volume.grid.shape} "
+                        f"differs from {ref.grid.shape} or is moved)"
+                    )
+                    images[seq] = resample_to_grid(volume.array, volume.grid, ref.grid, order=1)
+    if save_intermediates and raw_prepared is None:
+        warnings.append("--save-intermediates writes files only when the raw path runs")
 
     model_n4 = spec.bias_correction
     if bias_correction is not None and bias_correction != model_n4:
@@ -168,11 +187,12 @@ def segment(
         try:
             prepared = preprocess(
                 images,
-                ref.grid,
+                work_grid,
                 spec,
                 bias_correction=bias_correction,
                 bias_backend=bias_backend,
                 progress=update,
+                brain_mask=raw_prepared.brain_mask if raw_prepared is not None else None,
             )
         except ValueError as e:  # an empty brain mask after masking
             raise InputError(f"cannot find the brain in the images ({e})", ref.path) from e
@@ -196,7 +216,17 @@ def segment(
     with progress.stage("postprocess", "labelling"):
         classes = labels_from_output(restored, spec)
         del restored
-        classes = clear_outside_brain(classes, brain_mask({c: images[c] for c in spec.channels}))
+        if raw_prepared is None:
+            brain = brain_mask({c: images[c] for c in spec.channels})
+        else:
+            mask = raw_prepared.brain_mask.astype(np.uint8)
+            brain = resample_to_grid(mask, work_grid, ref.grid, order=0) > 0
+            # The 1 mm labels drive the overlay and the intermediates: thick slices look poor.
+            work_classes = labels_from_output(
+                restore_to_input_grid(foreground, prepared.grid, work_grid), spec
+            )
+            work_classes = clear_outside_brain(work_classes, raw_prepared.brain_mask)
+        classes = clear_outside_brain(classes, brain)
         classes = remove_small_components(classes, ref.grid, min_component_ml)
 
     settings = {
@@ -206,6 +236,7 @@ def segment(
         "min_component_ml": min_component_ml,
         "working_grid": list(prepared.grid.shape),
         "working_spacing_mm": [round(float(s), 4) for s in prepared.grid.spacing],
+        "raw": raw_mode,
     }
     report = build_report(
         version=__version__,
@@ -219,6 +250,8 @@ def segment(
         timings=progress.timings,
         warnings=warnings,
     )
+    if raw_prepared is not None:
+        report["raw"] = raw_prepared.summary
     result = SegmentationResult(classes=classes, grid=ref.grid, report=report)
     if output_dir is None:
         return result
@@ -233,6 +266,8 @@ def segment(
         }
         if overlay:
             files["overlay"] = OVERLAY_PNG
+        if save_intermediates and raw_prepared is not None:
+            files["intermediates"] = INTERMEDIATES_DIR
         report["outputs"] = {key: str((output_dir / name).resolve()) for key, name in files.items()}
         with staged_output(output_dir) as staging:
             write_label_nifti(staging / SEGMENTATION_NIFTI, classes, ref.grid, labels)
@@ -245,9 +280,17 @@ def segment(
                 render_overlay(
                     staging / OVERLAY_PNG,
                     {seq: images[seq] for seq in SEQUENCES if seq in images},
-                    classes,
-                    ref.grid,
+                    classes if raw_prepared is None else work_classes,
+                    work_grid,
                     title=f"BrainTumorSeg {__version__} - {spec.name} {spec.version}",
+                    extra_mask=raw_prepared.brain_mask if raw_prepared is not None else None,
+                )
+            if save_intermediates and raw_prepared is not None:
+                update(0.6, "intermediates")
+                folder = staging / INTERMEDIATES_DIR
+                write_intermediates(raw_prepared, folder)
+                write_label_nifti(
+                    folder / "segmentation_1mm.nii.gz", work_classes, work_grid, labels
                 )
             # The report cannot time its own writing; it records the write stage up to here.
             write_s = round(time.perf_counter() - write_started, 3)

@@ -39,6 +39,10 @@ def brain_mask(images: dict[str, np.ndarray]) -> np.ndarray:
     return mask
 
 
+# ``preprocess`` takes a ``brain_mask`` argument, which hides the function of that name.
+nonzero_mask = brain_mask
+
+
 def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive start and exclusive stop indices of the non-zero region of ``mask``."""
     if not mask.any():
@@ -88,16 +92,24 @@ def preprocess(
     bias_correction: bool | None = None,
     bias_backend: str | None = None,
     progress: ProgressFn | None = None,
+    brain_mask: np.ndarray | None = None,
 ) -> Preprocessed:
     """Turn images on the reference ``grid`` into the network input described by ``spec``.
 
     ``bias_correction`` None follows the model's metadata (what it was trained with).
+    ``brain_mask`` (bool, on ``grid``) replaces the non-zero voxels as the brain, e.g. from
+    skull stripping of raw scans; voxels outside it are zero in the network input.
     """
     missing = [c for c in spec.channels if c not in images]
     if missing:
         raise KeyError(f"the model needs sequences {missing} that were not given")
     report = progress or (lambda fraction, message: None)
-    mask = brain_mask({c: images[c] for c in spec.channels})
+    if brain_mask is None:
+        mask = nonzero_mask({c: images[c] for c in spec.channels})
+    else:
+        if brain_mask.shape != tuple(grid.shape):
+            raise ValueError(f"brain_mask shape {brain_mask.shape} is not the grid's {grid.shape}")
+        mask = brain_mask.astype(bool, copy=False)
     apply_n4 = spec.bias_correction if bias_correction is None else bias_correction
     channels = {c: images[c] for c in spec.channels}
     if apply_n4:
