@@ -82,6 +82,7 @@ class BrainTumorSegParameterNode:
     biasCorrection: Annotated[str, Choice(list(slicer_glue.BIAS_CORRECTION_CHOICES))] = "auto"
     threads: Annotated[int, WithinRange(0, 256)] = 0
     testTimeAugmentation: bool = False
+    rawInput: Annotated[str, Choice(list(slicer_glue.RAW_INPUT_CHOICES))] = "off"
     modelPath: str = ""
 
 
@@ -299,6 +300,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 biasCorrection=self._parameterNode.biasCorrection,
                 threads=self._parameterNode.threads,
                 testTimeAugmentation=self._parameterNode.testTimeAugmentation,
+                rawInput=self._parameterNode.rawInput,
                 onProgress=self._onProgress,
                 onFinished=self._onFinished,
             )
@@ -613,6 +615,7 @@ class BrainTumorSegLogic(ScriptedLoadableModuleLogic):
         biasCorrection: str = "auto",
         threads: int = 0,
         testTimeAugmentation: bool = False,
+        rawInput: str = "off",
         reference: str = "t1ce",
         onProgress: Callable[[float | None, str, bool], None] | None = None,
         onFinished: Callable[[JobOutcome], None] | None = None,
@@ -639,6 +642,7 @@ class BrainTumorSegLogic(ScriptedLoadableModuleLogic):
                 tta=testTimeAugmentation,
                 threads=threads,
                 reference=reference,
+                raw=rawInput,
             )
             env = slicer_glue.worker_environment(os.environ, slicer_glue.library_parent())
             logger.info(f"BrainTumorSeg: running {' '.join(command)}")

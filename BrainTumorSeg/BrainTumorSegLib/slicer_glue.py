@@ -36,6 +36,8 @@ INPUT_FILE_SUFFIX = ".nii.gz"
 SEGMENTATION_FILE = "segmentation.nii.gz"
 REPORT_FILE = "report.json"
 BIAS_CORRECTION_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+# Raw scanner series: register, resample to 1 mm and skull-strip first (worker ``--raw``).
+RAW_INPUT_CHOICES: tuple[str, ...] = ("off", "auto", "on")
 KERAS_SUFFIXES: tuple[str, ...] = (".keras", ".h5")
 
 
@@ -198,6 +200,7 @@ def worker_command(
     tta: bool = False,
     threads: int = 0,
     reference: str = "t1ce",
+    raw: str = "off",
 ) -> list[str]:
     """Command line of the segmentation worker.
 
@@ -211,6 +214,8 @@ def worker_command(
         raise ValueError(f"missing inputs: {', '.join(missing)}")
     if reference not in SEQUENCES:
         raise ValueError(f"reference must be one of {SEQUENCES}")
+    if raw not in RAW_INPUT_CHOICES:
+        raise ValueError(f"raw must be one of {RAW_INPUT_CHOICES}")
     command = [*command_base, "segment"]
     for sequence in SEQUENCES:
         command += [f"--{sequence}", str(inputs[sequence])]
@@ -228,6 +233,8 @@ def worker_command(
             command += ["--channels", ",".join(model.channels)]
     if tta:
         command.append("--tta")
+    if raw != "off":
+        command += ["--raw", raw]
     if threads > 0:
         command += ["--threads", str(int(threads))]
     return command
