@@ -279,3 +279,35 @@ def test_import_seed_style_h5_gives_dynamic_onnx(tmp_path: Path):
     assert np.allclose(imported.predict(x, verbose=0), seed.predict(x, verbose=0), atol=1e-5)
     with pytest.raises(Exception, match="channels"):
         import_h5(h5, tmp_path / "bad", channels=["t1", "t2"], name="bad")
+
+
+def test_sigmoid_region_output_trains_and_reports_region_dice(prepared: Path, tmp_path: Path):
+    from Training.fit import fit
+
+    data = {
+        **TINY,
+        "model": {**TINY["model"], "output": "sigmoid"},
+        "training": {**TINY["training"], "epochs": 1},
+    }
+    state = fit(Config.from_dict(data), prepared, tmp_path / "run", strategy="none", verbose=0)
+    row = state["history"][0]
+    assert all(0.0 <= row[f"val_dice_{r}"] <= 1.0 for r in ("ET", "TC", "WT"))
+    assert np.isfinite(row["loss"])
+
+
+def test_early_stopping_after_patience_without_improvement(tmp_path: Path):
+    import keras
+
+    from Training.callbacks import RunState
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    callback = RunState(tmp_path, monitor="val_dice_mean", patience=2, write=False)
+    callback.set_model(model)
+    for epoch, value in enumerate([0.5, 0.6, 0.55, 0.6]):
+        model.stop_training = False
+        callback.on_epoch_end(epoch, {"loss": 1.0, "val_dice_mean": value})
+    state = callback.state
+    assert state["best"] == pytest.approx(0.6) and state["best_epoch"] == 2
+    assert state["wait"] == 2 and state["stopped_early"] and model.stop_training
+    assert state["history"][0]["learning_rate"] == pytest.approx(0.1)
