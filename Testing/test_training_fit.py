@@ -311,3 +311,18 @@ def test_early_stopping_after_patience_without_improvement(tmp_path: Path):
     assert state["best"] == pytest.approx(0.6) and state["best_epoch"] == 2
     assert state["wait"] == 2 and state["stopped_early"] and model.stop_training
     assert state["history"][0]["learning_rate"] == pytest.approx(0.1)
+
+
+def test_validation_volumes_are_whole_cases_and_fill_replica_batches(prepared: Path):
+    from Training.pipeline import CaseStore, common_shape, validation_volumes
+
+    ids = ["Synth_0", "Synth_1", "Synth_2"]
+    store = CaseStore(prepared, ids)
+    shape = common_shape(store)
+    config = Config.from_dict(TINY)
+    single = list(validation_volumes(store, config, shape))
+    assert len(single) == 3 and all(x.shape == (*shape, 4) for x, _ in single)
+    # Every tumour voxel of each case is in its validation volume (nothing cropped away).
+    for (_, y), case_id in zip(single, ids):
+        assert y[..., 1:].sum() == (np.load(prepared / f"{case_id}_labels.npy") > 0).sum()
+    assert len(list(validation_volumes(store, config, shape, multiple=2))) == 4

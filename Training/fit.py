@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +143,11 @@ def fit(
     # Whole validation volumes, one per replica batch slot so that every device gets work.
     val_batch = distribution.num_replicas_in_sync if distribution is not None else 1
     val = tf_dataset(
-        lambda: validation_volumes(val_store, config, val_shape),
+        lambda: validation_volumes(val_store, config, val_shape, multiple=val_batch),
         spatial=val_shape,
         channels=channels,
         outputs=outputs,
         batch_size=val_batch,
-        repeat=True,  # with validation_steps: the same cases every epoch, no end-of-data warning
     )
     run_state = RunState(
         run_dir,
@@ -163,13 +163,15 @@ def fit(
         + (f"; {distribution.num_replicas_in_sync} replicas" if distribution is not None else "")
     )
     start = time.perf_counter()
+    # The validation set is finite on purpose (every case exactly once per pass); Keras warns
+    # when a dataset ends, which here is expected.
+    warnings.filterwarnings("ignore", message=".*ran out of data.*")
     model.fit(
         train,
         steps_per_epoch=steps,
         epochs=config.training.epochs,
         initial_epoch=initial_epoch,
         validation_data=val,
-        validation_steps=math.ceil(len(val_ids) / val_batch),
         validation_freq=config.data.validation_every,
         callbacks=[run_state],
         shuffle=False,  # patches are already random

@@ -66,12 +66,22 @@ def training_patches(
 
 
 def validation_volumes(
-    store: CaseStore, config: Config, shape: tuple[int, int, int] | None = None
+    store: CaseStore,
+    config: Config,
+    shape: tuple[int, int, int] | None = None,
+    *,
+    multiple: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Each validation case once, whole, zero-padded to a common ``shape`` (batchable)."""
+    """Each validation case once, whole, zero-padded to a common ``shape`` (batchable).
+
+    ``multiple`` > 1 (the number of replicas of a distributed run, which cannot split a partial
+    batch) repeats the first cases until the count is a multiple of it.
+    """
     shape = shape or common_shape(store)
     output = config.model["output"]
-    for case_id in store.case_ids:
+    count = -(-len(store.case_ids) // multiple) * multiple
+    for index in range(count):
+        case_id = store.case_ids[index % len(store.case_ids)]
         image, labels = store.image(case_id), store.labels(case_id)
         start = [(s - n) // 2 for s, n in zip(image.shape[:3], shape)]
         params = augment.SpatialParams(
@@ -95,7 +105,6 @@ def tf_dataset(
     outputs: int,
     batch_size: int,
     prefetch: int = 2,
-    repeat: bool = False,
 ) -> Any:
     """``tf.data.Dataset`` of batches from a generator of (image, target) numpy pairs."""
     import tensorflow as tf
@@ -110,7 +119,4 @@ def tf_dataset(
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     # The generator holds the GIL anyway; more tf.data threads only compete with the model.
     options.threading.private_threadpool_size = 1
-    dataset = dataset.with_options(options)
-    if repeat:
-        dataset = dataset.repeat()
-    return dataset.batch(batch_size).prefetch(prefetch)
+    return dataset.with_options(options).batch(batch_size).prefetch(prefetch)
