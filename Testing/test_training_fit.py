@@ -326,3 +326,24 @@ def test_validation_volumes_are_whole_cases_and_fill_replica_batches(prepared: P
     for (_, y), case_id in zip(single, ids):
         assert y[..., 1:].sum() == (np.load(prepared / f"{case_id}_labels.npy") > 0).sum()
     assert len(list(validation_volumes(store, config, shape, multiple=2))) == 4
+
+
+def test_prepare_and_fit_on_real_brats_cases(brats_dir: Path, tmp_path: Path):
+    """Three shared BraTS cases at 4 mm through prepare and a two-epoch fit."""
+    from Training.fit import fit
+    from Training.prepare import prepare_dataset, read_manifest
+
+    data = {
+        **TINY,
+        "model": {**TINY["model"], "spacing_mm": [4.0, 4.0, 4.0]},
+        "training": {**TINY["training"], "epochs": 2},
+    }
+    config = Config.from_dict(data)
+    folder = prepare_dataset(brats_dir, tmp_path / "cache", config, limit=3, progress=False)
+    cases = read_manifest(folder)["cases"]
+    assert len(cases) == 3
+    for entry in cases.values():
+        assert entry["label_convention"] == "brats2018" and entry["regions_ml"]["WT"] > 10
+        assert all(n % 8 == 0 for n in entry["shape"][:3]) and entry["shape"][3] == 4
+    state = fit(config, folder, tmp_path / "run", strategy="none", verbose=0)
+    assert state["epoch"] == 2 and all(np.isfinite(r["val_loss"]) for r in state["history"])
