@@ -119,3 +119,19 @@ def test_keras_region_dice_matches_numpy_and_empty_rule():
     assert float(keras.ops.convert_to_numpy(loss)) == pytest.approx(0.0, abs=1e-5)
     worse = SegmentationLoss("dice_ce")(eye[ref], np.full((2, 4, 4, 4, 4), 0.25, np.float32))
     assert float(keras.ops.convert_to_numpy(worse)) > 1.0
+
+
+def test_batch_dice_pools_sums_over_the_batch():
+    import keras
+
+    from Training.losses import soft_dice
+
+    true = np.zeros((2, 2, 2, 2, 2), np.float32)
+    true[..., 0] = 1.0
+    true[0, 0, 0, 0] = [0.0, 1.0]  # only sample 0 has one foreground voxel
+    pred = true.copy()
+    pred[1, 1, 1, 1] = [0.9, 0.1]  # sample 1: a little foreground where there is none
+    per_sample = keras.ops.convert_to_numpy(soft_dice(true, pred))
+    pooled = float(keras.ops.convert_to_numpy(soft_dice(true, pred, batch=True)))
+    assert per_sample[0] == pytest.approx(1.0) and per_sample[1] < 1e-3
+    assert pooled == pytest.approx(2 * 1.0 / (1.0 + 1.1), rel=1e-4)

@@ -110,6 +110,7 @@ class LossConfig:
     kind: str = "dice_ce"
     dice_weight: float = 1.0
     ce_weight: float = 1.0
+    batch_dice: bool = True  # Dice sums pooled over the batch (nnU-Net style)
 
     def validate(self) -> None:
         if self.kind not in ("dice_ce", "ce", "dice"):

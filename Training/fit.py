@@ -56,7 +56,11 @@ def compile_model(model: keras.Model, config: Config, total_steps: int) -> None:
     model.compile(
         optimizer=make_optimizer(config, total_steps),
         loss=SegmentationLoss(
-            config.loss.kind, output["kind"], config.loss.dice_weight, config.loss.ce_weight
+            config.loss.kind,
+            output["kind"],
+            config.loss.dice_weight,
+            config.loss.ce_weight,
+            batch_dice=config.loss.batch_dice,
         ),
         metrics=region_metrics(output),
     )

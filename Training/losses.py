@@ -27,6 +27,8 @@ class SegmentationLoss(keras.losses.Loss):
         output_kind: ``softmax`` (categorical CE; Dice over the non-background classes) or
             ``sigmoid`` (binary CE; Dice over every region channel).
         dice_weight, ce_weight: weights of the two terms for ``dice_ce``.
+        batch_dice: pool the Dice sums over the whole batch (as nnU-Net does) rather than per
+            sample, so that a patch without enhancing tumour does not dominate the ET term.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class SegmentationLoss(keras.losses.Loss):
         output_kind: str = "softmax",
         dice_weight: float = 1.0,
         ce_weight: float = 1.0,
+        batch_dice: bool = True,
         name: str = "segmentation_loss",
         **kwargs: Any,
     ) -> None:
@@ -45,6 +48,7 @@ class SegmentationLoss(keras.losses.Loss):
         self.output_kind = output_kind
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
+        self.batch_dice = batch_dice
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         y_true = ops.cast(y_true, "float32")
@@ -55,7 +59,9 @@ class SegmentationLoss(keras.losses.Loss):
             total = total + weight * self._cross_entropy(y_true, y_pred)
         if self.kind in ("dice_ce", "dice"):
             weight = 1.0 if self.kind == "dice" else self.dice_weight
-            total = total + weight * (1.0 - soft_dice(y_true, y_pred, self.output_kind))
+            total = total + weight * (
+                1.0 - soft_dice(y_true, y_pred, self.output_kind, batch=self.batch_dice)
+            )
         return total
 
     def _cross_entropy(self, y_true: Any, y_pred: Any) -> Any:
@@ -74,20 +80,24 @@ class SegmentationLoss(keras.losses.Loss):
             output_kind=self.output_kind,
             dice_weight=self.dice_weight,
             ce_weight=self.ce_weight,
+            batch_dice=self.batch_dice,
         )
         return config
 
 
-def soft_dice(y_true: Any, y_pred: Any, output_kind: str = "softmax") -> Any:
-    """Per-sample soft Dice averaged over channels (background excluded for softmax).
+def soft_dice(
+    y_true: Any, y_pred: Any, output_kind: str = "softmax", *, batch: bool = False
+) -> Any:
+    """Soft Dice averaged over channels (background excluded for softmax).
 
-    A channel absent from both target and prediction scores close to 1, so patches without
-    tumour do not push the network towards false positives.
+    Per sample (shape (N,)), or pooled over the batch (a scalar) when ``batch`` is true.
+    A channel absent from both target and prediction scores close to 1.
     """
     if output_kind == "softmax":
         y_true, y_pred = y_true[..., 1:], y_pred[..., 1:]
-    intersection = ops.sum(y_true * y_pred, axis=SPATIAL_AXES)
-    sums = ops.sum(y_true, axis=SPATIAL_AXES) + ops.sum(y_pred, axis=SPATIAL_AXES)
+    axes = (0, *SPATIAL_AXES) if batch else SPATIAL_AXES
+    intersection = ops.sum(y_true * y_pred, axis=axes)
+    sums = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
     dice = (2.0 * intersection + EPSILON) / (sums + EPSILON)
     return ops.mean(dice, axis=-1)
 
