@@ -5,6 +5,10 @@
   variable (``{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker",
   "index": 0}}``), worker 0 being the chief that writes checkpoints.
 - ``auto``: multiworker when ``TF_CONFIG`` is set, mirrored with more than one GPU, else none.
+
+Known limitation: with Keras 3.15 a two-worker trial on one machine fails inside Keras's
+TensorFlow trainer (its symbolic build reduces a ``PerReplica`` data batch), so multi-worker
+training is untested; ``mirrored`` is covered by the tests.
 """
 
 from __future__ import annotations
