@@ -24,6 +24,7 @@ from scipy import ndimage
 from .geometry import Grid
 from .labels import CONVENTIONS, LABEL_BY_KEY, classes_to_convention
 from .load import SEQUENCES
+from .write import write_nifti
 
 # File name suffixes per layout; the case id is prepended.
 LAYOUTS: dict[str, dict[str, str]] = {
@@ -455,7 +456,6 @@ def write_phantom(
     ``convention``. Images are rounded to int16 like BraTS (``image_dtype="float32"`` keeps
     them exact). Returns the paths keyed "t1", "t1ce", "t2", "flair", "seg".
     """
-    import nibabel as nib
 
     try:
         suffixes = LAYOUTS[layout]
@@ -467,13 +467,7 @@ def write_phantom(
     folder.mkdir(parents=True, exist_ok=True)
 
     def save(array: np.ndarray, key: str) -> Path:
-        image = nib.Nifti1Image(array, phantom.affine)
-        image.set_qform(phantom.affine, code=1)
-        image.set_sform(phantom.affine, code=1)
-        image.header.set_xyzt_units("mm")
-        path = folder / f"{case_id}{suffixes[key]}.nii.gz"
-        nib.save(image, path)
-        return path
+        return write_nifti(folder / f"{case_id}{suffixes[key]}.nii.gz", array, phantom.affine)
 
     paths = {}
     for name in SEQUENCES:

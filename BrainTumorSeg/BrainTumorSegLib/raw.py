@@ -31,6 +31,7 @@ from .errors import InputError
 from .geometry import Grid, zoomed_grid
 from .load import SEQUENCE_TITLES, Volume
 from .register import Registration, placed_grid, register
+from .write import write_nifti
 
 RAW_MODES = ("off", "on", "auto")
 WORK_SPACING_MM = 1.0
@@ -275,7 +276,6 @@ def prepare_raw(
 
 def write_intermediates(prepared: RawPrepared, folder: Path) -> dict[str, Path]:
     """Registered 1 mm sequences and the brain mask as NIfTI files, for inspection."""
-    import nibabel as nib
 
     folder.mkdir(parents=True, exist_ok=True)
     affine = prepared.grid.affine
@@ -283,10 +283,5 @@ def write_intermediates(prepared: RawPrepared, folder: Path) -> dict[str, Path]:
     items = [(f"registered_{s}", a.astype(np.float32)) for s, a in prepared.images.items()]
     items.append(("brain_mask", prepared.brain_mask.astype(np.uint8)))
     for name, array in items:
-        image = nib.Nifti1Image(array, affine)
-        image.set_qform(affine, code=1)
-        image.set_sform(affine, code=1)
-        path = folder / f"{name}.nii.gz"
-        nib.save(image, str(path))
-        paths[name] = path
+        paths[name] = write_nifti(folder / f"{name}.nii.gz", array, affine)
     return paths

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from .geometry import Grid, cropped_grid
+from .write import write_nifti
 
 # Head layers outward from the brain outline (mm) and their signal relative to the brain's
 # median in each sequence: CSF, inner table, diploe, outer table, scalp. Bone cortex is dark
@@ -251,18 +252,11 @@ def write_rawlike(case: RawLikeCase, folder, case_id: str = "RawLike") -> dict[s
     """Write the sequences as NIfTI (int16, their raw grids) to ``folder``; returns the paths."""
     from pathlib import Path
 
-    import nibabel as nib
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for sequence, image in case.images.items():
         affine = case.grids[sequence].affine
         data = np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
-        nifti = nib.Nifti1Image(data, affine)
-        nifti.set_qform(affine, code=1)
-        nifti.set_sform(affine, code=1)
-        path = folder / f"{case_id}_{sequence}.nii.gz"
-        nib.save(nifti, str(path))
-        paths[sequence] = path
+        paths[sequence] = write_nifti(folder / f"{case_id}_{sequence}.nii.gz", data, affine)
     return paths

@@ -151,15 +151,21 @@ def staged_output(output: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_label_nifti(path: Path, classes: np.ndarray, grid: Grid, convention: str) -> None:
-    """Label map in ``convention`` (uint8) on ``grid``."""
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """A NIfTI file whose qform and sform both hold ``affine`` (so every reader agrees)."""
     import nibabel as nib
 
-    image = nib.Nifti1Image(classes_to_convention(classes, convention), grid.affine)
-    image.set_qform(grid.affine, code=1)
-    image.set_sform(grid.affine, code=1)
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm", "sec")
     nib.save(image, str(path))
+    return Path(path)
+
+
+def write_label_nifti(path: Path, classes: np.ndarray, grid: Grid, convention: str) -> None:
+    """Label map in ``convention`` (uint8) on ``grid``."""
+    write_nifti(path, classes_to_convention(classes, convention), grid.affine)
 
 
 def write_seg_nrrd(path: Path, classes: np.ndarray, grid: Grid) -> None:
