@@ -18,7 +18,7 @@ import nrrd
 import numpy as np
 import pytest
 from conftest import blob_case, write_nifti
-from test_cli_errors import case_args, digest, run_cli
+from test_cli_errors import assert_clean_failure, case_args, check_bad_input, digest, run_cli
 from test_geometry import make_affine
 
 from BrainTumorSegLib import infer
@@ -172,26 +172,9 @@ BAD_INPUTS = [
 ]
 
 
-def assert_clean_failure(code, err, culprit, problem, out, case_dir, before, tmp_path):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert str(culprit) in lines[0]
-    assert problem in lines[0], lines[0]
-    assert not out.exists()
-    assert not list(tmp_path.rglob(f"{STAGING_PREFIX}*"))
-    assert digest(case_dir) == before  # inputs untouched
-
-
 @pytest.mark.parametrize("breaker", BAD_INPUTS, ids=lambda f: f.__name__)
 def test_bad_input_is_one_clear_line(tmp_path, tiny_model, capsys, breaker):
-    paths = blob_case(tmp_path / "case")
-    culprit, problem = breaker(paths, tmp_path)
-    before = digest(tmp_path / "case")
-    out = tmp_path / "out"
-    code, err = run_cli(case_args(paths, out, tiny_model), capsys)
-    assert_clean_failure(code, err, culprit, problem, out, tmp_path / "case", before, tmp_path)
+    check_bad_input(breaker, tmp_path, tiny_model, capsys)
 
 
 def test_small_qform_sform_rounding_is_accepted(tmp_path, tiny_model, capsys):

@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, blob_case, write_nifti
 
 from BrainTumorSegLib.cli import main
+from BrainTumorSegLib.write import STAGING_PREFIX
 
 
 def digest(folder):
@@ -59,31 +60,27 @@ def image_4d(paths, tmp_path):
     return paths["t1"], "4D"
 
 
-def nan_values(paths, tmp_path):
+def rewrite_data(path, change):
+    """Rewrite an image file with ``change(data)`` applied to its voxels (same affine)."""
     import nibabel as nib
 
-    image = nib.load(str(paths["t2"]))
+    image = nib.load(str(path))
     data = np.asarray(image.dataobj, dtype=np.float32).copy()
-    data[3, 4, 5] = np.nan
-    write_nifti(paths["t2"], data, image.affine)
+    write_nifti(path, change(data), image.affine)
+
+
+def nan_values(paths, tmp_path):
+    rewrite_data(paths["t2"], lambda d: np.where(np.indices(d.shape)[0] == 3, np.nan, d))
     return paths["t2"], "NaN"
 
 
 def inf_values(paths, tmp_path):
-    import nibabel as nib
-
-    image = nib.load(str(paths["t1ce"]))
-    data = np.asarray(image.dataobj, dtype=np.float32).copy()
-    data[1, 1, 1] = np.inf
-    write_nifti(paths["t1ce"], data, image.affine)
+    rewrite_data(paths["t1ce"], lambda d: np.where(d > 1999, np.inf, d))
     return paths["t1ce"], "infinite"
 
 
 def all_zero(paths, tmp_path):
-    import nibabel as nib
-
-    image = nib.load(str(paths["flair"]))
-    write_nifti(paths["flair"], np.zeros(image.shape, np.float32), image.affine)
+    rewrite_data(paths["flair"], np.zeros_like)
     return paths["flair"], "all zero"
 
 
@@ -145,22 +142,32 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("breaker", BAD_INPUTS, ids=lambda f: f.__name__)
-def test_bad_input_is_one_clear_line(tmp_path, tiny_model, capsys, breaker):
+def assert_clean_failure(code, err, culprit, problem, out, case_dir, before, tmp_path):
+    """Exit 2, one stderr line naming the file and problem, nothing written, inputs untouched."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert str(culprit) in lines[0]
+    assert problem in lines[0], lines[0]
+    assert not out.exists()
+    assert not list(tmp_path.rglob(f"{STAGING_PREFIX}*"))
+    assert digest(case_dir) == before
+
+
+def check_bad_input(breaker, tmp_path, tiny_model, capsys):
+    """Break a synthetic case with ``breaker`` and check the CLI fails cleanly on it."""
     paths = blob_case(tmp_path / "case")
     culprit, problem = breaker(paths, tmp_path)
     before = digest(tmp_path / "case")
     out = tmp_path / "out"
     code, err = run_cli(case_args(paths, out, tiny_model), capsys)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ")
-    assert str(culprit) in lines[0]
-    assert problem in lines[0]
-    assert not out.exists()
-    assert not list(tmp_path.glob(".braintumorseg-*"))
-    assert digest(tmp_path / "case") == before  # inputs untouched
+    assert_clean_failure(code, err, culprit, problem, out, tmp_path / "case", before, tmp_path)
+
+
+@pytest.mark.parametrize("breaker", BAD_INPUTS, ids=lambda f: f.__name__)
+def test_bad_input_is_one_clear_line(tmp_path, tiny_model, capsys, breaker):
+    check_bad_input(breaker, tmp_path, tiny_model, capsys)
 
 
 def test_model_with_wrong_channel_count(tmp_path, capsys):
