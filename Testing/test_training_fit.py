@@ -314,6 +314,71 @@ def test_early_stopping_after_patience_without_improvement(tmp_path: Path):
     assert state["history"][0]["learning_rate"] == pytest.approx(0.1)
 
 
+def test_python_loader_trains_and_validates_like_tf_data(prepared: Path, tmp_path: Path):
+    """The PyDataset loader (default off TensorFlow) gives the same batches' shapes and metrics."""
+    from Training.fit import fit
+    from Training.pipeline import CaseStore, keras_batches, training_patches, validation_batches
+
+    config = Config.from_dict({**TINY, "data": {**TINY["data"], "loader": "python"}})
+    store = CaseStore(prepared, ["Synth_0", "Synth_1"])
+    batches = keras_batches(training_patches(store, config, 0), batch_size=2, length=3)
+    x, y = batches[0]
+    assert len(batches) == 3 and x.shape == (2, 16, 16, 16, 4) and y.shape == (2, 16, 16, 16, 4)
+    volumes = validation_batches(store, config, (24, 24, 24))
+    assert len(volumes) == 2 and volumes[1][0].shape == (1, 24, 24, 24, 4)
+    config.training.epochs = 3
+    state = fit(config, prepared, tmp_path / "run", strategy="none", verbose=0)
+    losses = [row["loss"] for row in state["history"]]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert all(0.0 <= row["val_dice_WT"] <= 1.0 for row in state["history"])
+
+
+def test_split_all_trains_on_every_case_and_keeps_the_last_epoch(prepared: Path, tmp_path: Path):
+    from Training.export import export_run
+    from Training.fit import fit
+
+    data = {**TINY, "split": {"method": "all"}, "training": {**TINY["training"], "epochs": 2}}
+    state = fit(Config.from_dict(data), prepared, tmp_path / "run", strategy="none", verbose=0)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["training"] == ["Synth_0", "Synth_1", "Synth_2"] and split["validation"] == []
+    assert state["best_epoch"] == 2 and not any(k.startswith("val_") for k in state["history"][1])
+    spec = export_run(tmp_path / "run", tmp_path / "package")
+    assert spec.training["checkpoint_epoch"] == 2 and spec.training["split"]["validation"] == []
+
+
+def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
+    dataset: Path, prepared: Path, tmp_path: Path
+):
+    from Training.crossval import crossvalidate
+
+    data = {**TINY, "training": {**TINY["training"], "epochs": 1}}
+    data["data"] = {**TINY["data"], "steps_per_epoch": 2}
+    runs = tmp_path / "cv"
+    # Two sessions: fold 0 only first (no summary yet), then the rest.
+    assert (
+        crossvalidate(
+            Config.from_dict(data), dataset, prepared.parent, runs, folds=3, only=[0], workers=1
+        )
+        is None
+    )
+    summary = crossvalidate(Config.from_dict(data), dataset, prepared.parent, runs, folds=3)
+    assert summary is not None and summary["dice_WT"]["n"] == 3
+    held_out = [json.loads((runs / f"fold{k}" / "split.json").read_text()) for k in range(3)]
+    assert sorted(c for h in held_out for c in h["validation"]) == [
+        "Synth_0",
+        "Synth_1",
+        "Synth_2",
+    ]
+    for h in held_out:
+        assert not set(h["validation"]) & set(h["training"])
+        package = json.loads(
+            (runs / f"fold{held_out.index(h)}" / "package" / "model.json").read_text()
+        )
+        assert package["training"]["checkpoint"] == "last"
+    rows = (runs / "out-of-fold" / "cases.csv").read_text().splitlines()
+    assert len(rows) == 4 and (runs / "out-of-fold" / "boxplot.png").is_file()
+
+
 def test_validation_volumes_are_whole_cases_and_fill_replica_batches(prepared: Path):
     from Training.pipeline import CaseStore, common_shape, validation_volumes
 

@@ -47,7 +47,7 @@ class RunState(keras.callbacks.Callback):
         self,
         run_dir: str | Path,
         *,
-        monitor: str = "val_dice_mean",
+        monitor: str | None = "val_dice_mean",
         patience: int | None = None,
         state: dict[str, Any] | None = None,
         write: bool = True,
@@ -73,9 +73,12 @@ class RunState(keras.callbacks.Callback):
         state = self.state
         state["history"].append({"epoch": epoch + 1, **logs})
         state["epoch"] = epoch + 1
-        value = logs.get(self.monitor)
+        value = logs.get(self.monitor) if self.monitor else None
         improved = False
-        if value is not None and math.isfinite(value):
+        if self.monitor is None:  # no validation (split.method all): the best is the last
+            state.update(best_epoch=epoch + 1, wait=0)
+            improved = True
+        elif value is not None and math.isfinite(value):
             if state["best"] is None or value > state["best"]:
                 state.update(best=value, best_epoch=epoch + 1, wait=0)
                 improved = True
@@ -115,7 +118,7 @@ def write_log(path: str | Path, history: list[dict[str, Any]]) -> None:
 
 
 def plot_curves(path: str | Path, history: list[dict[str, Any]]) -> None:
-    """Loss (training/validation) and validation Dice per region against the epoch."""
+    """Loss (training/validation) and Dice per region (validation if any) against the epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,12 +132,15 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]]) -> None:
             left.plot(*zip(*points), label=label)
     left.set(xlabel="epoch", ylabel="loss", title="Loss")
     left.legend()
+    # Without validation (a final model trained on every case) the training Dice is shown.
+    validated = any("val_dice_mean" in row for row in history)
+    prefix, title = ("val_", "Validation Dice") if validated else ("", "Training Dice")
     for region in [*REGIONS, "mean"]:
-        key = f"val_dice_{region}"
+        key = f"{prefix}dice_{region}"
         points = [(e, row[key]) for e, row in zip(epochs, history) if key in row]
         if points:
             right.plot(*zip(*points), label=region, linestyle="--" if region == "mean" else "-")
-    right.set(xlabel="epoch", ylabel="Dice", title="Validation Dice", ylim=(0, 1))
+    right.set(xlabel="epoch", ylabel="Dice", title=title, ylim=(0, 1))
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

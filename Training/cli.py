@@ -1,4 +1,4 @@
-"""Command line: ``python -m Training {prepare,fit,evaluate,export,import} ...``.
+"""Command line: ``python -m Training {prepare,fit,crossval,evaluate,export,import} ...``.
 
 Heavy modules (Keras, TensorFlow) are imported inside the commands that need them, so that
 ``prepare`` and ``--help`` start quickly and the Keras backend can be chosen per command.
@@ -127,13 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2], help="Keras verbosity")
     p.set_defaults(func=cmd_fit)
 
-    _add_later_commands(sub)
+    _add_later_commands(sub, add_config)
     return parser
 
 
-def _add_later_commands(sub: argparse._SubParsersAction) -> None:
-    from . import evaluate, export
+def _add_later_commands(sub: argparse._SubParsersAction, add_config) -> None:
+    from . import crossval, evaluate, export
 
+    crossval.add_parser(sub, add_config)
     evaluate.add_parser(sub)
     export.add_parsers(sub)
 

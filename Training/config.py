@@ -75,8 +75,13 @@ class DataConfig:
     steps_per_epoch: int | None = None  # None: one pass over the training cases
     validation_every: int = 1  # epochs between validation passes
     prefetch: int = 2
+    # tfdata | python | auto (tf.data on the TensorFlow backend, which tf.distribute needs;
+    # a plain keras PyDataset elsewhere, so that TensorFlow is not even loaded)
+    loader: str = "auto"
 
     def validate(self) -> None:
+        if self.loader not in ("auto", "tfdata", "python"):
+            raise ValueError(f"data.loader must be auto, tfdata or python, not {self.loader!r}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f"data.patch_size {self.patch_size} must be three positive sizes")
         if self.batch_size < 1 or not 0 <= self.foreground_probability <= 1:
@@ -139,7 +144,7 @@ class OptimizerConfig:
 class SplitConfig:
     """Train/validation split: stratified hold-out (the seed's 80/20) or k-fold."""
 
-    method: str = "stratified"  # stratified | kfold
+    method: str = "stratified"  # stratified | kfold | all (final model, no validation)
     validation_fraction: float = 0.2
     folds: int = 5
     fold: int = 0
@@ -147,8 +152,8 @@ class SplitConfig:
     seed: int = 42
 
     def validate(self) -> None:
-        if self.method not in ("stratified", "kfold"):
-            raise ValueError(f"split.method must be stratified or kfold, not {self.method!r}")
+        if self.method not in ("stratified", "kfold", "all"):
+            raise ValueError(f"split.method must be stratified, kfold or all, not {self.method!r}")
         if self.stratify_by not in ("volume", "grade"):
             raise ValueError(f"split.stratify_by must be volume or grade, not {self.stratify_by!r}")
         if not 0 < self.validation_fraction < 1:

@@ -16,7 +16,15 @@ from .config import Config, load_config, save_config
 from .distribute import gpu_count, is_chief, make_strategy, task_index
 from .losses import SegmentationLoss, region_metrics
 from .network import build_unet
-from .pipeline import CaseStore, common_shape, tf_dataset, training_patches, validation_volumes
+from .pipeline import (
+    CaseStore,
+    common_shape,
+    keras_batches,
+    tf_dataset,
+    training_patches,
+    validation_batches,
+    validation_volumes,
+)
 from .prepare import read_manifest
 from .split import split_cases
 
@@ -64,6 +72,14 @@ def compile_model(model: keras.Model, config: Config, total_steps: int) -> None:
         ),
         metrics=region_metrics(output),
     )
+
+
+def use_tf_data(config: Config, distribution: Any) -> bool:
+    """Whether batches come from ``tf.data`` (else from a ``keras.utils.PyDataset``)."""
+    loader = config.data.loader
+    if loader == "python" and distribution is not None:
+        raise ValueError("data.loader python cannot feed tf.distribute; use tfdata (or auto)")
+    return loader == "tfdata" or (loader == "auto" and keras.backend.backend() == "tensorflow")
 
 
 def _mixed_precision(config: Config) -> bool:
@@ -135,34 +151,46 @@ def fit(
     val_store = CaseStore(cache, val_ids)
     # New patches after a resume, different patches on each worker, same ones on a rerun.
     seed = config.training.seed + 7919 * initial_epoch + 104729 * task_index()
-    train = tf_dataset(
-        lambda: training_patches(train_store, config, seed),
-        spatial=tuple(config.data.patch_size),
-        channels=channels,
-        outputs=outputs,
-        batch_size=config.data.batch_size,
-        prefetch=config.data.prefetch,
-    )
-    val_shape = common_shape(val_store)
-    # Whole validation volumes, one per replica batch slot so that every device gets work.
-    val_batch = distribution.num_replicas_in_sync if distribution is not None else 1
-    val = tf_dataset(
-        lambda: validation_volumes(val_store, config, val_shape, multiple=val_batch),
-        spatial=val_shape,
-        channels=channels,
-        outputs=outputs,
-        batch_size=val_batch,
-    )
+    val_shape = common_shape(val_store) if val_ids else None
+    val: Any = None
+    if use_tf_data(config, distribution):
+        train = tf_dataset(
+            lambda: training_patches(train_store, config, seed),
+            spatial=tuple(config.data.patch_size),
+            channels=channels,
+            outputs=outputs,
+            batch_size=config.data.batch_size,
+            prefetch=config.data.prefetch,
+        )
+        # Whole validation volumes, one per replica batch slot so that every device gets work.
+        val_batch = distribution.num_replicas_in_sync if distribution is not None else 1
+        if val_ids:
+            val = tf_dataset(
+                lambda: validation_volumes(val_store, config, val_shape, multiple=val_batch),
+                spatial=val_shape,
+                channels=channels,
+                outputs=outputs,
+                batch_size=val_batch,
+            )
+    else:
+        train = keras_batches(
+            training_patches(train_store, config, seed),
+            batch_size=config.data.batch_size,
+            length=steps,
+        )
+        if val_ids:
+            val = validation_batches(val_store, config, val_shape)
     run_state = RunState(
         run_dir,
-        monitor=config.training.monitor,
+        monitor=config.training.monitor if val_ids else None,
         patience=config.training.early_stopping_patience,
         state=state,
         write=is_chief(),
     )
     print(
-        f"training on {len(train_ids)} cases, validating on {len(val_ids)} "
-        f"(whole volumes {val_shape}); {steps} steps/epoch; backend {keras.backend.backend()}; "
+        f"training on {len(train_ids)} cases, validating on {len(val_ids)}"
+        + (f" (whole volumes {val_shape})" if val_ids else "")
+        + f"; {steps} steps/epoch; backend {keras.backend.backend()}; "
         f"{model.count_params():,} parameters"
         + (f"; {distribution.num_replicas_in_sync} replicas" if distribution is not None else "")
     )

@@ -1,4 +1,4 @@
-"""Train/validation splits: stratified hold-out (the seed's 80/20) or stratified k-fold.
+"""Train/validation splits: stratified hold-out (the seed's 80/20), stratified k-fold, or all.
 
 Strata are the tumour grade (HGG/LGG, from the dataset layout) or whole-tumour volume
 tertiles; with a fixed seed the split is identical on every run and machine.
@@ -45,6 +45,8 @@ def split_cases(
     """(training ids, validation ids) for the configured method and fold."""
     if len(cases) < 2:
         raise ValueError("at least two prepared cases are needed to split into training/validation")
+    if config.method == "all":  # the final model: every case trains, nothing is held out
+        return sorted(cases), []
     labels = strata(cases, config.stratify_by)
     if config.method == "kfold":
         folds = _stratified_folds(labels, config.folds, config.seed)

@@ -1,0 +1,141 @@
+"""``crossval``: k-fold cross-validation with honest out-of-fold scores.
+
+For each fold ``k`` the config is trained with ``split.method=kfold, split.fold=k`` in
+``<runs>/fold<k>`` (resumed when interrupted, skipped when finished), the fold's ``last``
+checkpoint is exported to ``<runs>/fold<k>/package`` and run through the core
+(:func:`BrainTumorSegLib.segment`, at the dataset's own resolution) on that fold's held-out
+cases only. The out-of-fold predictions of all folds are then scored together in
+``<runs>/out-of-fold`` with :func:`Training.evaluate.evaluate`: every case is scored by a model
+that never saw it. The ``last`` checkpoint is used, not the ``best``: choosing an epoch by the
+held-out cases' own scores would make the figures optimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+
+
+def fold_config(config: Config, fold: int, folds: int) -> Config:
+    """A copy of ``config`` set to fold ``fold`` of a ``folds``-fold split."""
+    import copy
+
+    out = copy.deepcopy(config)
+    out.split.method = "kfold"
+    out.split.folds = folds
+    out.split.fold = fold
+    out.split.validate()
+    return out
+
+
+def crossvalidate(
+    config: Config,
+    dataset: Path,
+    cache_root: Path,
+    runs: Path,
+    *,
+    folds: int,
+    only: list[int] | None = None,
+    workers: int | None = None,
+    tta: bool = False,
+) -> dict[str, Any] | None:
+    """Train, export and predict every fold, then score out of fold; returns the summary.
+
+    ``only`` restricts the training to some folds (to spread them over machines or sessions);
+    the out-of-fold summary is written once every fold has its predictions.
+    """
+    import keras
+
+    from .dataset import find_cases
+    from .evaluate import evaluate, run_model
+    from .export import export_run
+    from .fit import fit
+    from .prepare import prepare_dataset
+
+    cache = prepare_dataset(dataset, cache_root, config, workers=workers)
+    cases = {c.case_id: c for c in find_cases(dataset)}
+    predictions = runs / "out-of-fold" / "predictions"
+    done = []
+    for fold in range(folds):
+        run_dir = runs / f"fold{fold}"
+        if only is not None and fold not in only:
+            if (run_dir / "package" / "model.json").is_file():
+                done.append(fold)
+            continue
+        print(f"fold {fold + 1}/{folds}: {run_dir}")
+        state = fit(fold_config(config, fold, folds), cache, run_dir)
+        if not state.get("history"):
+            raise ValueError(f"fold {fold} trained no epoch")
+        package = run_dir / "package"
+        if not (package / "model.json").is_file():
+            export_run(run_dir, package, checkpoint="last")
+        keras.backend.clear_session()
+        gc.collect()
+        held_out = _held_out(run_dir)
+        run_model(
+            str(package),
+            [cases[c] for c in held_out],
+            predictions.parent,
+            **({"tta": True} if tta else {}),
+        )
+        done.append(fold)
+    if len(done) < folds:
+        print(f"folds {sorted(set(range(folds)) - set(done))} still to run; no summary yet")
+        return None
+    summary = evaluate(predictions, dataset, runs / "out-of-fold")
+    return summary
+
+
+def _held_out(run_dir: Path) -> list[str]:
+    import json
+
+    return json.loads((run_dir / "split.json").read_text(encoding="utf-8"))["validation"]
+
+
+def cmd_crossval(args: argparse.Namespace) -> int:
+    from BrainTumorSegLib.labels import REGIONS
+
+    from .config import load_config
+
+    config = load_config(args.config, args.set or [])
+    folds = args.folds or config.split.folds
+    summary = crossvalidate(
+        config,
+        Path(args.dataset),
+        Path(args.cache).expanduser(),
+        Path(args.runs),
+        folds=folds,
+        only=args.only,
+        workers=args.workers,
+        tta=args.tta,
+    )
+    if summary is None:
+        return 0
+    for region in REGIONS:
+        d, h = summary[f"dice_{region}"], summary[f"hd95_{region}"]
+        print(
+            f"out of fold {region}: Dice {d['mean']:.3f} (median {d['median']:.3f}), "
+            f"HD95 {h['mean']:.1f} mm (median {h['median']:.1f}), n={d['n']}"
+        )
+    print(f"tables and box plot in {Path(args.runs) / 'out-of-fold'}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction, add_config: Any) -> None:
+    """Register ``crossval`` (``add_config`` adds the shared --config/--set/--cache options)."""
+    p = sub.add_parser(
+        "crossval", help="k-fold cross-validation: train every fold, score out of fold"
+    )
+    p.add_argument("dataset", help="folder of labelled case folders")
+    add_config(p)
+    p.add_argument("--runs", required=True, help="folder for fold<k>/ runs and out-of-fold/")
+    p.add_argument("--folds", type=int, default=None, help="number of folds (default split.folds)")
+    p.add_argument(
+        "--only", type=int, nargs="+", default=None, help="train only these fold indices"
+    )
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+    p.set_defaults(func=cmd_crossval)
