@@ -257,6 +257,42 @@ def test_distributed_fit_on_two_logical_cpus(prepared: Path, tmp_path: Path):
     assert state["epoch"] == 2 and all(np.isfinite(r["loss"]) for r in state["history"])
 
 
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_multiworker_fit_with_two_local_workers(prepared: Path, tmp_path: Path):
+    """MultiWorkerMirroredStrategy from TF_CONFIG: two worker processes train one model."""
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY, "training": {**TINY["training"], "epochs": 2}}))
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    run = tmp_path / "run"  # one run folder, as on a shared file system; the chief writes it
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CONFIG=json.dumps(tf_config))
+        command = [sys.executable, "-m", "Training", "fit", "--config", str(config)]
+        command += ["--cache", str(prepared.parent), "--run", str(run), "--verbose", "0"]
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        processes.append(subprocess.Popen(command, cwd=ROOT, env=env, text=True, **pipes))
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for p, (out, err) in zip(processes, outputs):
+        assert p.returncode == 0, err[-3000:]
+        assert "2 replicas" in out
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 2 and all(np.isfinite(r["loss"]) for r in state["history"])
+    assert all(0.0 <= r["val_dice_WT"] <= 1.0 for r in state["history"])
+    assert (run / "checkpoints" / "last.keras").is_file()
+
+
 def test_import_seed_style_h5_gives_dynamic_onnx(tmp_path: Path):
     import keras
 

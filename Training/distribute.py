@@ -6,9 +6,14 @@
   "index": 0}}``), worker 0 being the chief that writes checkpoints.
 - ``auto``: multiworker when ``TF_CONFIG`` is set, mirrored with more than one GPU, else none.
 
-Known limitation: with Keras 3.15 a two-worker trial on one machine fails inside Keras's
-TensorFlow trainer (its symbolic build reduces a ``PerReplica`` data batch), so multi-worker
-training is untested; ``mirrored`` is covered by the tests.
+Multi-worker needs two work-arounds (:func:`prepare_for_multiworker`) for Keras 3.15, whose
+TensorFlow trainer reduces across workers with ``strategy.reduce("MEAN", value, axis=0)``:
+- before the first step it so averages the first distributed *data batch* to build the model,
+  which fails on a ``PerReplica`` batch ("Attempt to convert a value (PerReplica ...) to a
+  Tensor"): the model, loss, metrics and optimiser are built beforehand on a local batch;
+- after every step it so averages the *logs*, which are scalars and have no axis 0 ("Invalid
+  reduction dimension 0 for input with 0 dimensions", tensorflow/tensorflow#72388): the steps
+  return each log value as a one-element vector, which the reduction turns back into a scalar.
 """
 
 from __future__ import annotations
@@ -89,3 +94,41 @@ def make_strategy(kind: str = "auto", *, logical_cpus: int | None = None) -> Any
         devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
     return tf.distribute.MirroredStrategy()
+
+
+def is_multiworker(strategy: Any) -> bool:
+    """Whether ``strategy`` is a ``tf.distribute.MultiWorkerMirroredStrategy``."""
+    if strategy is None:
+        return False
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def prepare_for_multiworker(model: keras.Model, strategy: Any, batch: tuple[Any, Any]) -> None:
+    """Make Keras's ``fit`` work under MultiWorkerMirroredStrategy (see the module notes).
+
+    Builds ``model``'s variables, loss, metrics and optimiser from one local (x, y) batch and
+    turns off Keras's own build step for this instance; wraps the train and test steps so that
+    their logs are one-element vectors.
+    """
+    import tensorflow as tf
+
+    with strategy.scope():
+        # A private Keras method, used because it builds exactly what fit() would (metric
+        # and loss state included) from shapes alone; pinned by the multi-worker test.
+        model._symbolic_build(data_batch=batch)
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+
+    def _already_built(iterator: Any = None, data_batch: Any = None) -> None:
+        return None
+
+    model._maybe_symbolic_build = _already_built
+
+    def vectors(logs: dict[str, Any]) -> dict[str, Any]:
+        return {key: tf.reshape(value, [1]) for key, value in logs.items()}
+
+    train_step, test_step = model.train_step, model.test_step
+    model.train_step = lambda data: vectors(train_step(data))
+    model.test_step = lambda data: vectors(test_step(data))

@@ -13,7 +13,14 @@ import keras
 
 from .callbacks import RunState, read_state
 from .config import Config, load_config, save_config
-from .distribute import gpu_count, is_chief, make_strategy, task_index
+from .distribute import (
+    gpu_count,
+    is_chief,
+    is_multiworker,
+    make_strategy,
+    prepare_for_multiworker,
+    task_index,
+)
 from .losses import SegmentationLoss, region_metrics
 from .network import build_unet
 from .pipeline import (
@@ -180,6 +187,9 @@ def fit(
         )
         if val_ids:
             val = validation_batches(val_store, config, val_shape)
+    if is_multiworker(distribution):
+        x, y = next(training_patches(train_store, config, seed))
+        prepare_for_multiworker(model, distribution, (x[None], y[None]))
     run_state = RunState(
         run_dir,
         monitor=config.training.monitor if val_ids else None,
