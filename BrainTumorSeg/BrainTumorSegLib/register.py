@@ -33,6 +33,7 @@ RIGID_SIGMAS_MM = (4.0, 2.0)
 RIGID_ITERATIONS = (100, 50)
 MI_BINS = 32
 SAMPLING_RATE = 0.25
+RANDOM_SEED = 20261124
 
 
 @dataclass
@@ -143,9 +144,15 @@ def register(
         "moving_mask": moving_mask_img,
         "mask_all_stages": mask_img is not None or moving_mask_img is not None,
     }
+    # A fixed seed for ANTs's random metric sampling: the same input gives the same result
+    # (unseeded, two runs of the skull-strip registration differed by 200 mL). ANTsPy reads it
+    # from its config module; set_ants_deterministic() would also force ITK onto one thread.
+    seed = ants.config._random_seed
+    ants.config._random_seed = RANDOM_SEED
     try:
         result = ants.registration(fixed_img, moving_img, **args)
     finally:
+        ants.config._random_seed = seed
         if init_file:
             os.unlink(init_file)
     matrix = ants_affine_to_ras(ants.read_transform(result["fwdtransforms"][-1]))
