@@ -165,12 +165,38 @@ def child_infer(case: Path, model: str | None, runtime: str, repeats: int, threa
         out = run()
         seconds.append(time.perf_counter() - t)
     labels = np.argmax(out, axis=-1)
+    profile = operator_profile(onnx_path, batch, threads) if runtime == "onnxruntime" else {}
     return {
+        "operator_share": profile,
         "seconds": seconds,
         "shape": list(batch.shape),
         "labels": labels.ravel()[:: max(1, labels.size // 200000)].tolist(),
         "max_abs_diff_warmup": float(np.abs(out - reference).max()),
     }
+
+
+def operator_profile(onnx_path: Path, batch, threads: int, runs: int = 3) -> dict:
+    """Share of ONNX Runtime kernel time per operator type (where the time goes)."""
+    import collections
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as folder:
+        options.profile_file_prefix = str(Path(folder) / "ort")
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(runs):
+            session.run(None, {name: batch})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: collections.Counter = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"]
+    whole = sum(totals.values()) or 1
+    return {op: round(100 * t / whole, 1) for op, t in totals.most_common()}
 
 
 def child_peak_gflops(threads: int) -> dict:
@@ -364,6 +390,10 @@ def main() -> int:
     for runtime, entry in inference.items():
         ratio = statistics.median(entry["seconds"]) / lower_bound
         print(f"{runtime}: {ratio:.2f}x the compute lower bound")
+        share = entry["runs"][0].get("operator_share")
+        if share:
+            top = ", ".join(f"{op} {pct:.0f} %" for op, pct in list(share.items())[:8])
+            print(f"  {runtime} kernel time by operator: {top}")
     if len(inference) > 1:
         import numpy as np
 
