@@ -93,10 +93,14 @@ def render_overlay(
                 left, right = right, left
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.text(0.02, 0.5, left, color="white", transform=ax.transAxes, va="center", fontsize=8)
-            ax.text(
-                0.96, 0.5, right, color="white", transform=ax.transAxes, va="center", fontsize=8
-            )
+            # Letters inside the image's own edges (data coordinates): the axes box is wider
+            # than a tall image, and letters at its edge ran into the neighbouring panel.
+            x_left, x_right = ax.get_xlim()
+            y_middle = sum(ax.get_ylim()) / 2
+            inset = 0.03 * (x_right - x_left)
+            style = {"color": "white", "va": "center", "fontsize": 8}
+            ax.text(x_left + inset, y_middle, left, ha="left", **style)
+            ax.text(x_right - inset, y_middle, right, ha="right", **style)
             if row == 0:
                 ax.set_title(plane, color="white", fontsize=10)
             if col == 0:
