@@ -58,7 +58,8 @@ def crossvalidate(
 
     cache = prepare_dataset(dataset, cache_root, config, workers=workers)
     cases = {c.case_id: c for c in find_cases(dataset)}
-    predictions = runs / "out-of-fold" / "predictions"
+    scores = runs / ("out-of-fold-tta" if tta else "out-of-fold")
+    predictions = scores / "predictions"
     done = []
     for fold in range(folds):
         run_dir = runs / f"fold{fold}"
@@ -86,8 +87,7 @@ def crossvalidate(
     if len(done) < folds:
         print(f"folds {sorted(set(range(folds)) - set(done))} still to run; no summary yet")
         return None
-    summary = evaluate(predictions, dataset, runs / "out-of-fold")
-    return summary
+    return evaluate(predictions, dataset, scores)
 
 
 def _held_out(run_dir: Path) -> list[str]:
@@ -121,7 +121,8 @@ def cmd_crossval(args: argparse.Namespace) -> int:
             f"out of fold {region}: Dice {d['mean']:.3f} (median {d['median']:.3f}), "
             f"HD95 {h['mean']:.1f} mm (median {h['median']:.1f}), n={d['n']}"
         )
-    print(f"tables and box plot in {Path(args.runs) / 'out-of-fold'}")
+    folder = "out-of-fold-tta" if args.tta else "out-of-fold"
+    print(f"tables and box plot in {Path(args.runs) / folder}")
     return 0
 
 
