@@ -196,7 +196,7 @@ def prepare_raw(
     started = time.perf_counter()
     strip_info: dict[str, Any] = {}
     if do_strip:
-        from .skullstrip import strip_skull
+        from .skullstrip import PITCH_STARTS_DEG, strip_skull
 
         source = "t1" if "t1" in images else reference
         report(0.7, f"skull stripping ({SEQUENCE_TITLES[source]} to the MNI152 template)")
@@ -204,7 +204,8 @@ def prepare_raw(
         mask = stripped.mask
         warnings += stripped.warnings
         strip_info = {
-            "method": "MNI152 2009 brain mask, affine registration (nilearn package data)",
+            "method": "MNI152 2009 brain mask, affine registration from the best of "
+            f"{len(PITCH_STARTS_DEG)} head-pitch starts (nilearn package data)",
             "image": source,
             "brain_volume_ml": round(stripped.volume_ml, 1),
             "registration_s": round(stripped.registration.seconds, 2),
