@@ -378,8 +378,12 @@ def test_split_all_trains_on_every_case_and_keeps_the_last_epoch(prepared: Path,
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["training"] == ["Synth_0", "Synth_1", "Synth_2"] and split["validation"] == []
     assert state["best_epoch"] == 2 and not any(k.startswith("val_") for k in state["history"][1])
-    spec = export_run(tmp_path / "run", tmp_path / "package")
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"dice_WT": {"mean": 0.9, "median": 0.91, "std": 0.1, "n": 3}}))
+    spec = export_run(tmp_path / "run", tmp_path / "package", evaluation=summary)
     assert spec.training["checkpoint_epoch"] == 2 and spec.training["split"]["validation"] == []
+    recorded = json.loads((tmp_path / "package" / "model.json").read_text())["metrics"]
+    assert recorded["evaluation"]["dice_WT"] == {"mean": 0.9, "median": 0.91, "n": 3}
 
 
 def test_crossval_scores_every_case_with_the_fold_that_held_it_out(

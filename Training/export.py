@@ -139,9 +139,18 @@ def write_package(model: Any, spec: ModelSpec, out_dir: Path) -> ModelSpec:
 
 
 def export_run(
-    run_dir: Path, out_dir: Path, *, checkpoint: str = "best", version: str | None = None
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    checkpoint: str = "best",
+    version: str | None = None,
+    evaluation: Path | None = None,
 ) -> ModelSpec:
-    """Package a training run's ``best`` or ``last`` checkpoint with its config and metrics."""
+    """Package a training run's ``best`` or ``last`` checkpoint with its config and metrics.
+
+    ``evaluation``: a ``summary.json`` written by ``evaluate`` or ``crossval`` (e.g. the
+    out-of-fold scores of the recipe) to record in ``model.json["metrics"]["evaluation"]``.
+    """
     keras = _keras()
     path = run_dir / "checkpoints" / f"{checkpoint}.keras"
     if not path.is_file():
@@ -165,6 +174,15 @@ def export_run(
         "keras_backend": keras.backend.backend(),
     }
     spec.metrics = {k: v for k, v in chosen.items() if k.startswith("val_")}
+    if evaluation is not None:
+        if not evaluation.is_file():
+            raise InputError("evaluation summary not found", evaluation)
+        summary = json.loads(evaluation.read_text(encoding="utf-8"))
+        kept = ("mean", "median", "n")
+        spec.metrics["evaluation"] = {
+            "source": str(evaluation),
+            **{key: {k: stats[k] for k in kept} for key, stats in summary.items()},
+        }
     return write_package(model, spec, out_dir)
 
 
@@ -207,7 +225,13 @@ def import_h5(
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    export_run(Path(args.run), Path(args.output), checkpoint=args.checkpoint, version=args.version)
+    export_run(
+        Path(args.run),
+        Path(args.output),
+        checkpoint=args.checkpoint,
+        version=args.version,
+        evaluation=Path(args.metrics) if args.metrics else None,
+    )
     return 0
 
 
@@ -231,6 +255,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="model package folder to write")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--version", help="model version recorded in model.json")
+    p.add_argument(
+        "--metrics",
+        help="summary.json of an evaluate/crossval run to record in model.json (e.g. out of fold)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="package a seed-style Keras .h5 model")
