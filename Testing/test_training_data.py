@@ -50,6 +50,15 @@ def test_bad_configs_are_rejected(override, message):
         Config.from_dict(data)
 
 
+def test_preprocessing_key_follows_the_core_preprocessing_version(monkeypatch):
+    import BrainTumorSegLib.preprocess as core
+
+    config = Config.from_dict({})
+    before = config.preprocessing_key()
+    monkeypatch.setattr(core, "PREPROCESSING_VERSION", core.PREPROCESSING_VERSION + 1)
+    assert config.preprocessing_key() != before  # a new core version means a new cache
+
+
 def test_preprocessing_key_depends_only_on_preprocessing_fields():
     base = Config.from_dict({})
     other_network = Config.from_dict({"network": {"filters": [4, 8, 16, 32, 64]}})

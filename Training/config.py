@@ -214,8 +214,12 @@ class Config:
         return ModelSpec.from_dict(self.model)
 
     def preprocessing_key(self) -> str:
-        """Short hash of the preprocessing-relevant model fields (names the data cache)."""
-        relevant = {k: self.model.get(k) for k in PREPROCESSING_FIELDS}
+        """Short hash of the preprocessing-relevant model fields and of the core's
+        preprocessing version (names the data cache)."""
+        from BrainTumorSegLib.preprocess import PREPROCESSING_VERSION
+
+        relevant: dict[str, Any] = {k: self.model.get(k) for k in PREPROCESSING_FIELDS}
+        relevant["core_preprocessing_version"] = PREPROCESSING_VERSION
         text = json.dumps(relevant, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import keras
 
+from BrainTumorSegLib.preprocess import PREPROCESSING_VERSION
+
 from .callbacks import RunState, read_state
 from .config import Config, load_config, save_config
 from .distribute import (
@@ -123,6 +125,11 @@ def fit(
         raise ValueError(f"{cache} was prepared with other preprocessing settings than this config")
     if not manifest["cases"]:
         raise ValueError(f"no prepared cases in {cache}; run the prepare command first")
+    if manifest.get("preprocessing_version", 1) != PREPROCESSING_VERSION:
+        raise ValueError(
+            f"{cache} was prepared by an older version of the core's preprocessing; "
+            "run the prepare command again (it writes a new cache folder)"
+        )
     train_ids, val_ids = split_cases(manifest["cases"], config.split)
     state = read_state(run_dir)
     if state and (state["epoch"] >= config.training.epochs or state.get("stopped_early")):

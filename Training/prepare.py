@@ -25,7 +25,7 @@ from BrainTumorSegLib.conform import resample_to_grid
 from BrainTumorSegLib.labels import NUM_CLASSES, convention_to_classes, region_mask
 from BrainTumorSegLib.load import load_volume
 from BrainTumorSegLib.model import ModelSpec
-from BrainTumorSegLib.preprocess import labels_to_working, preprocess
+from BrainTumorSegLib.preprocess import PREPROCESSING_VERSION, labels_to_working, preprocess
 
 from .config import PREPROCESSING_FIELDS, Config
 from .dataset import Case, detect_convention, find_cases
@@ -122,6 +122,7 @@ def prepare_dataset(
     folder.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(folder)
     manifest["model"] = {k: config.model[k] for k in PREPROCESSING_FIELDS}
+    manifest["preprocessing_version"] = PREPROCESSING_VERSION
     manifest["dataset"] = str(Path(dataset).resolve())
     done = manifest["cases"]
     todo = [

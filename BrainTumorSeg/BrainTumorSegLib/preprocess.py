@@ -19,6 +19,10 @@ from .geometry import Grid, cropped_grid, reoriented_grid, zoomed_grid
 from .model import ModelSpec
 
 ProgressFn = Callable[[float, str], None]
+# Bumped whenever preprocess() gives different arrays for the same model.json settings, so that
+# the trainer's cache of prepared cases (keyed by it) is rebuilt rather than silently reused.
+# 1: first release. 2: N4 fitted on a 5x (was 4x) shrunken image.
+PREPROCESSING_VERSION = 2
 
 
 @dataclass
