@@ -419,6 +419,20 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
     assert len(rows) == 4 and (runs / "out-of-fold" / "boxplot.png").is_file()
 
 
+def test_fit_refuses_a_cache_from_an_older_core_preprocessing(prepared: Path, tmp_path: Path):
+    import shutil
+
+    from Training.fit import fit
+
+    old = tmp_path / "old-cache"
+    shutil.copytree(prepared, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["preprocessing_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="older version of the core's preprocessing"):
+        fit(Config.from_dict(TINY), old, tmp_path / "run", strategy="none", verbose=0)
+
+
 def test_validation_volumes_are_whole_cases_and_fill_replica_batches(prepared: Path):
     from Training.pipeline import CaseStore, common_shape, validation_volumes
 
