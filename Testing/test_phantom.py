@@ -236,3 +236,19 @@ def test_core_imports_without_nilearn() -> None:
     }
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_bundled_model_segments_the_demo_phantom(phantom_1mm: ph.Phantom, tmp_path: Path) -> None:
+    """The shipped default model on the demo case: a guard that the package and the core's
+    preprocessing still fit together (the demo case is never used in training)."""
+    from BrainTumorSegLib import segment
+
+    files = ph.write_phantom(phantom_1mm, tmp_path / "case")
+    images = {s: files[s] for s in ("t1", "t1ce", "t2", "flair")}
+    result = segment(images, tmp_path / "out", overlay=False)
+    for region, floor in (("WT", 0.7), ("TC", 0.5)):
+        truth = region_mask(phantom_1mm.classes, region)
+        found = region_mask(result.classes, region)
+        dice = 2 * (truth & found).sum() / (truth.sum() + found.sum())
+        assert dice >= floor, f"{region} Dice {dice:.3f} on the demo phantom"
+    assert region_mask(result.classes, "ET").any()
