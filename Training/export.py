@@ -28,7 +28,10 @@ from BrainTumorSegLib.model import ModelSpec
 
 from .config import SOFTMAX_OUTPUT, load_config
 
-TOLERANCE = 1e-4  # max |ONNX - Keras| on probabilities
+# Max |ONNX - Keras| on probabilities for a random input. Float32 TensorFlow and ONNX Runtime
+# kernels differ slightly after ~20 convolution/normalisation layers (measured 3.0e-5 and
+# 1.09e-4 on two trained U-Nets); a wrong conversion differs by orders of magnitude more.
+TOLERANCE = 5e-4
 
 
 def _keras():
