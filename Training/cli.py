@@ -63,10 +63,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         logical_cpus=args.logical_cpus,
         verbose=args.verbose,
     )
-    print(
-        f"epoch {state['epoch']}: best {config.training.monitor} {state['best']} "
-        f"at epoch {state['best_epoch']}; run folder {args.run}"
-    )
+    if state["best"] is None:  # no validation (split.method all): the last epoch is kept
+        print(f"epoch {state['epoch']}: no validation; run folder {args.run}")
+    else:
+        print(
+            f"epoch {state['epoch']}: best {config.training.monitor} {state['best']} "
+            f"at epoch {state['best_epoch']}; run folder {args.run}"
+        )
     return 0
 
 
