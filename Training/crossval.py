@@ -13,7 +13,9 @@ held-out cases' own scores would make the figures optimistic.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,6 @@ from .config import Config
 
 def fold_config(config: Config, fold: int, folds: int) -> Config:
     """A copy of ``config`` set to fold ``fold`` of a ``folds``-fold split."""
-    import copy
-
     out = copy.deepcopy(config)
     out.split.method = "kfold"
     out.split.folds = folds
@@ -91,8 +91,6 @@ def crossvalidate(
 
 
 def _held_out(run_dir: Path) -> list[str]:
-    import json
-
     return json.loads((run_dir / "split.json").read_text(encoding="utf-8"))["validation"]
 
 

@@ -5,8 +5,7 @@ whatever the dataset size. Patch sampling and augmentation run in numpy
 (:mod:`Training.augment`). On the TensorFlow backend :func:`tf_dataset` wraps a generator in
 ``tf.data`` (which ``tf.distribute`` needs); on the other backends :func:`keras_batches` serves
 the same batches as a ``keras.utils.PyDataset`` without loading TensorFlow, whose thread pools
-otherwise compete with the model for the CPU (measured: 1.40 s vs 1.01 s per step at 64³,
-batch 2, PyTorch backend, 2 cores).
+otherwise compete with the model for the CPU (``data.loader`` picks either, to compare).
 """
 
 from __future__ import annotations
