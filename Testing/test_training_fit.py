@@ -467,3 +467,42 @@ def test_prepare_and_fit_on_real_brats_cases(brats_dir: Path, tmp_path: Path):
         assert all(n % 8 == 0 for n in entry["shape"][:3]) and entry["shape"][3] == 4
     state = fit(config, folder, tmp_path / "run", strategy="none", verbose=0)
     assert state["epoch"] == 2 and all(np.isfinite(r["val_loss"]) for r in state["history"])
+
+
+def test_jit_compile_setting_reaches_new_and_resumed_models(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import keras
+
+    from Training import fit as fit_module
+
+    plain = Config.from_dict(TINY)
+    jit = Config.from_dict({**TINY, "training": {**TINY["training"], "jit_compile": True}})
+    # On the PyTorch backend the setting reaches Keras (there: torch.compile of the step).
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    model = fit_module.build_model(plain)
+    fit_module.compile_model(model, plain, 10)
+    assert model.jit_compile is False
+    fit_module.compile_model(model, jit, 10)
+    assert model.jit_compile is True
+    monkeypatch.undo()
+
+    # Elsewhere it is ignored with a warning, for new and for resumed runs, and training goes on.
+    run = tmp_path / "run"
+    short = {**TINY, "training": {**TINY["training"], "epochs": 1, "jit_compile": True}}
+    with pytest.warns(UserWarning, match="jit_compile is ignored on the tensorflow backend"):
+        fit_module.fit(Config.from_dict(short), prepared, run, strategy="none", verbose=0)
+    loaded = []
+    original = keras.models.load_model
+
+    def recording_load(*args, **kwargs):
+        loaded.append(original(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(keras.models, "load_model", recording_load)
+    resumed = {**TINY, "training": {**TINY["training"], "epochs": 2, "jit_compile": True}}
+    with pytest.warns(UserWarning, match="jit_compile is ignored"):
+        state = fit_module.fit(Config.from_dict(resumed), prepared, run, strategy="none", verbose=0)
+    assert loaded and loaded[0].jit_compile is False
+    assert [row["epoch"] for row in state["history"]] == [1, 2]
+    assert np.isfinite(state["history"][-1]["loss"])

@@ -171,6 +171,10 @@ class TrainingConfig:
     seed: int = 42
     mixed_precision: str = "auto"  # auto (on with a GPU) | on | off
     monitor: str = "val_dice_mean"
+    # torch.compile the training step on the PyTorch backend: it fuses the memory-bound
+    # normalisation and element-wise work around the convolutions. Ignored (with a warning) on
+    # other backends: XLA with the tf.data generator input hung in a trial here.
+    jit_compile: bool = False
 
     def validate(self) -> None:
         if self.epochs < 1:

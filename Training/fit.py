@@ -80,7 +80,22 @@ def compile_model(model: keras.Model, config: Config, total_steps: int) -> None:
             batch_dice=config.loss.batch_dice,
         ),
         metrics=region_metrics(output),
+        jit_compile=use_jit_compile(config),
     )
+
+
+def use_jit_compile(config: Config) -> bool:
+    """``training.jit_compile`` where it is supported: torch.compile on the PyTorch backend."""
+    if not config.training.jit_compile:
+        return False
+    if keras.backend.backend() != "torch":
+        warnings.warn(
+            f"training.jit_compile is ignored on the {keras.backend.backend()} backend "
+            "(it compiles with torch.compile on KERAS_BACKEND=torch)",
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 def use_tf_data(config: Config, distribution: Any) -> bool:
@@ -147,6 +162,7 @@ def fit(
         if state:
             # The custom loss and metrics are registered by importing .losses (above).
             model = keras.models.load_model(run_dir / "checkpoints" / "last.keras")
+            model.jit_compile = use_jit_compile(config)  # a setting of this run, not saved
             print(f"resuming at epoch {state['epoch'] + 1} from {run_dir / 'checkpoints'}")
         else:
             model = build_model(config)
