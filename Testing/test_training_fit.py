@@ -228,6 +228,30 @@ def test_evaluate_writes_tables_and_perfect_scores(dataset: Path, tmp_path: Path
     assert (tmp_path / "eval" / "boxplot.png").stat().st_size > 1000
 
 
+def test_postprocessing_search_picks_the_threshold_that_removes_false_islands(
+    dataset: Path, tmp_path: Path
+):
+    import nibabel as nib
+
+    from Training.postprocessing import search_min_component
+
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    for n in range(3):
+        truth = nib.load(dataset / "HGG" / f"Synth_{n}" / f"Synth_{n}_seg.nii.gz")
+        labels = np.asarray(truth.dataobj).copy()
+        labels[1:4, 1:4, 1:4] = 4  # a 0.09 mL false-positive island, far from the tumour
+        _write(predictions / f"Synth_{n}.nii.gz", labels, truth.affine)
+    result = search_min_component(predictions, dataset, tmp_path / "search", (0.0, 0.5, 1000.0))
+    rows = {row["min_component_ml"]: row for row in result["rows"]}
+    assert result["best_min_component_ml"] == 0.5
+    assert rows[0.5]["dice_ET"] == 1.0 and rows[0.5]["hd95_WT"] == 0.0
+    assert rows[0.0]["dice_ET"] < 0.99 and rows[0.0]["dice_mean"] < rows[0.5]["dice_mean"]
+    assert rows[1000.0]["dice_WT"] == 0.0  # everything removed
+    saved = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert saved["best_min_component_ml"] == 0.5 and rows[0.5]["n"] == 3
+
+
 def test_distributed_fit_on_two_logical_cpus(prepared: Path, tmp_path: Path):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({**TINY, "training": {**TINY["training"], "epochs": 2}}))
