@@ -50,15 +50,17 @@ def search_min_component(
     if not pairs:
         raise InputError("no prediction matches a reference case", predictions)
     rows = []
+    # Per case, the last (labels, scores): a threshold that removes nothing more than the one
+    # before it leaves the labels unchanged, and HD95 is too costly to compute again.
+    last: dict[str, tuple[np.ndarray, dict[str, float]]] = {}
     for threshold in sorted(set(thresholds_ml)):
-        scores = [
-            score_case(
-                remove_small_components(pred, grid, threshold),
-                ref,
-                tuple(float(s) for s in grid.spacing),
-            )
-            for _, pred, ref, grid in pairs
-        ]
+        scores = []
+        for case_id, pred, ref, grid in pairs:
+            cleaned = remove_small_components(pred, grid, threshold)
+            if case_id not in last or not np.array_equal(cleaned, last[case_id][0]):
+                spacing = tuple(float(s) for s in grid.spacing)
+                last[case_id] = (cleaned, score_case(cleaned, ref, spacing))
+            scores.append(last[case_id][1])
         row = {"min_component_ml": threshold, "n": len(pairs)}
         for measure in ("dice", "hd95"):
             row.update(
