@@ -180,6 +180,63 @@ def test_resume_continues_from_the_checkpoint(trained_run: Path, prepared: Path,
     assert again["epoch"] == 8 and len(again["history"]) == 8
 
 
+def test_cosine_restarts_extends_a_finished_cosine_run(prepared: Path, tmp_path: Path):
+    """A finished cosine run resumed with more epochs gets a second cycle at half the peak."""
+    import keras
+
+    from Training.fit import fit, learning_rate_schedule
+
+    optimizer = {"learning_rate": 0.01, "schedule": "cosine"}
+    short = Config.from_dict(
+        {**TINY, "optimizer": optimizer, "training": {**TINY["training"], "epochs": 2}}
+    )
+    fit(short, prepared, tmp_path / "run", strategy="none", verbose=0)
+    restarts = {**optimizer, "schedule": "cosine_restarts", "cycle_epochs": 2}
+    longer = Config.from_dict(
+        {**TINY, "optimizer": restarts, "training": {**TINY["training"], "epochs": 4}}
+    )
+    cosine = learning_rate_schedule(short, 8, 4)
+    cycles = learning_rate_schedule(longer, 16, 4)
+    steps = [0, 3, 7]  # the first cycle is the finished run's schedule
+    assert [float(cycles(t)) for t in steps] == pytest.approx([float(cosine(t)) for t in steps])
+    assert float(cycles(8)) == pytest.approx(0.5 * float(cycles(0)), rel=0.02)
+    state = fit(longer, prepared, tmp_path / "run", strategy="none", verbose=0)
+    rates = [row["learning_rate"] for row in state["history"]]
+    assert len(rates) == 4 and rates[2] > 5 * rates[1]  # the restart, not the old floor
+    assert rates[2] == pytest.approx(float(cycles(12)), rel=1e-4)
+    model = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 16
+    with pytest.raises(ValueError, match="cycle_epochs"):
+        Config.from_dict({**TINY, "optimizer": {"schedule": "cosine_restarts"}})
+
+
+def test_export_records_the_chosen_postprocessing_as_the_default(
+    trained_run: Path, dataset: Path, tmp_path: Path
+):
+    from BrainTumorSegLib import segment
+    from BrainTumorSegLib.errors import InputError
+    from BrainTumorSegLib.model import load_model_spec
+    from Training.export import export_run
+
+    search = tmp_path / "search.json"
+    rows = [{"min_component_ml": 0.0, "dice_WT": 0.5}, {"min_component_ml": 0.5, "dice_WT": 0.6}]
+    search.write_text(json.dumps({"best_min_component_ml": 0.5, "rows": rows}))
+    package = tmp_path / "package"
+    export_run(trained_run, package, checkpoint="last", postprocessing=search)
+    spec = load_model_spec(package)
+    assert spec.min_component_ml == 0.5 and spec.metrics["postprocessing"]["rows"] == rows
+    case = dataset / "HGG" / "Synth_1"
+    inputs = {s: case / f"Synth_1_{s}.nii.gz" for s in ("t1", "t1ce", "t2", "flair")}
+    default = segment(inputs, model=package, overlay=False)
+    assert default.report["settings"]["min_component_ml"] == 0.5
+    kept = segment(inputs, model=package, overlay=False, min_component_ml=0.0)
+    assert kept.report["settings"]["min_component_ml"] == 0.0
+    with pytest.raises(InputError, match="min-component-ml"):
+        segment(inputs, model=package, overlay=False, min_component_ml=-1.0)
+    with pytest.raises(InputError, match="postprocessing"):
+        export_run(trained_run, tmp_path / "bad", checkpoint="last", postprocessing=tmp_path)
+
+
 def test_export_round_trips_through_the_core(trained_run: Path, dataset: Path, tmp_path: Path):
     import keras
     import onnxruntime as ort

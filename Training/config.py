@@ -124,20 +124,32 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    """Adam with an optional learning-rate schedule over the whole run."""
+    """Adam with an optional learning-rate schedule over the whole run.
+
+    ``cosine_restarts`` repeats a cosine cycle of ``cycle_epochs`` epochs, each cycle's peak
+    ``cycle_peak`` times the one before; its first cycle equals ``cosine`` over
+    ``cycle_epochs``, so a finished cosine run can be extended by more cycles.
+    """
 
     learning_rate: float = 1e-3
-    schedule: str = "cosine"  # constant | cosine | poly
+    schedule: str = "cosine"  # constant | cosine | poly | cosine_restarts
     weight_decay: float = 0.0  # > 0 uses AdamW
     clipnorm: float | None = None
+    cycle_epochs: int | None = None  # cosine_restarts: epochs per cycle
+    cycle_peak: float = 0.5  # cosine_restarts: peak of each cycle relative to the previous
 
     def validate(self) -> None:
-        if self.schedule not in ("constant", "cosine", "poly"):
+        if self.schedule not in ("constant", "cosine", "poly", "cosine_restarts"):
             raise ValueError(
-                f"optimizer.schedule must be constant, cosine or poly, not {self.schedule!r}"
+                "optimizer.schedule must be constant, cosine, poly or cosine_restarts, "
+                f"not {self.schedule!r}"
             )
         if self.learning_rate <= 0:
             raise ValueError("optimizer.learning_rate must be positive")
+        if self.schedule == "cosine_restarts" and not (self.cycle_epochs and self.cycle_epochs > 0):
+            raise ValueError("optimizer.schedule cosine_restarts needs optimizer.cycle_epochs > 0")
+        if not 0 < self.cycle_peak <= 1:
+            raise ValueError("optimizer.cycle_peak must be in (0, 1]")
 
 
 @dataclass

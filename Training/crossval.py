@@ -72,7 +72,7 @@ def crossvalidate(
         if not state.get("history"):
             raise ValueError(f"fold {fold} trained no epoch")
         package = run_dir / "package"
-        if not (package / "model.json").is_file():
+        if _package_is_stale(run_dir, package):
             export_run(run_dir, package, checkpoint="last")
         keras.backend.clear_session()
         gc.collect()
@@ -88,6 +88,14 @@ def crossvalidate(
         print(f"folds {sorted(set(range(folds)) - set(done))} still to run; no summary yet")
         return None
     return evaluate(predictions, dataset, scores)
+
+
+def _package_is_stale(run_dir: Path, package: Path) -> bool:
+    """No package yet, or one exported before the run trained on (an extended run)."""
+    exported, checkpoint = package / "model.json", run_dir / "checkpoints" / "last.keras"
+    if not exported.is_file():
+        return True
+    return checkpoint.is_file() and checkpoint.stat().st_mtime > exported.stat().st_mtime
 
 
 def _held_out(run_dir: Path) -> list[str]:

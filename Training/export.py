@@ -148,11 +148,14 @@ def export_run(
     checkpoint: str = "best",
     version: str | None = None,
     evaluation: Path | None = None,
+    postprocessing: Path | None = None,
 ) -> ModelSpec:
     """Package a training run's ``best`` or ``last`` checkpoint with its config and metrics.
 
     ``evaluation``: a ``summary.json`` written by ``evaluate`` or ``crossval`` (e.g. the
     out-of-fold scores of the recipe) to record in ``model.json["metrics"]["evaluation"]``.
+    ``postprocessing``: a ``search.json`` written by ``postprocessing``; its chosen island
+    threshold becomes the model's default and its rows go to ``metrics["postprocessing"]``.
     """
     keras = _keras()
     path = run_dir / "checkpoints" / f"{checkpoint}.keras"
@@ -186,6 +189,15 @@ def export_run(
             "source": str(evaluation),
             **{key: {k: stats[k] for k in kept} for key, stats in summary.items()},
         }
+    if postprocessing is not None:
+        if not postprocessing.is_file():
+            raise InputError("postprocessing search result not found", postprocessing)
+        search = json.loads(postprocessing.read_text(encoding="utf-8"))
+        if "best_min_component_ml" not in search:
+            raise InputError("not a postprocessing search result", postprocessing)
+        spec.min_component_ml = float(search["best_min_component_ml"])
+        spec.metrics["postprocessing"] = {"source": str(postprocessing), "rows": search["rows"]}
+    spec.validate()
     return write_package(model, spec, out_dir)
 
 
@@ -234,6 +246,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         version=args.version,
         evaluation=Path(args.metrics) if args.metrics else None,
+        postprocessing=Path(args.postprocessing) if args.postprocessing else None,
     )
     return 0
 
@@ -261,6 +274,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics",
         help="summary.json of an evaluate/crossval run to record in model.json (e.g. out of fold)",
+    )
+    p.add_argument(
+        "--postprocessing",
+        help="search.json of a postprocessing run: its island threshold becomes the default",
     )
     p.set_defaults(func=cmd_export)
 

@@ -52,26 +52,41 @@ def build_model(config: Config) -> keras.Model:
     )
 
 
-def make_optimizer(config: Config, total_steps: int) -> keras.optimizers.Optimizer:
-    """Adam (AdamW with weight decay) with the configured schedule over ``total_steps``."""
+def learning_rate_schedule(config: Config, total_steps: int, steps: int) -> Any:
+    """The configured learning rate: a number or a schedule of the optimiser's step count.
+
+    ``total_steps`` is the length of the whole run, ``steps`` the steps per epoch.
+    """
     opt = config.optimizer
-    rate: Any = opt.learning_rate
+    schedules = keras.optimizers.schedules
     if opt.schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(opt.learning_rate, total_steps, alpha=0.01)
-    elif opt.schedule == "poly":
-        rate = keras.optimizers.schedules.PolynomialDecay(
+        return schedules.CosineDecay(opt.learning_rate, total_steps, alpha=0.01)
+    if opt.schedule == "poly":
+        return schedules.PolynomialDecay(
             opt.learning_rate, total_steps, end_learning_rate=opt.learning_rate * 0.01, power=0.9
         )
+    if opt.schedule == "cosine_restarts":
+        cycle = steps * int(opt.cycle_epochs or 1)
+        return schedules.CosineDecayRestarts(
+            opt.learning_rate, cycle, t_mul=1.0, m_mul=opt.cycle_peak, alpha=0.01
+        )
+    return opt.learning_rate
+
+
+def make_optimizer(config: Config, total_steps: int, steps: int = 1) -> keras.optimizers.Optimizer:
+    """Adam (AdamW with weight decay) with the configured learning-rate schedule."""
+    opt = config.optimizer
+    rate = learning_rate_schedule(config, total_steps, steps)
     if opt.weight_decay:
         return keras.optimizers.AdamW(rate, weight_decay=opt.weight_decay, clipnorm=opt.clipnorm)
     return keras.optimizers.Adam(rate, clipnorm=opt.clipnorm)
 
 
-def compile_model(model: keras.Model, config: Config, total_steps: int) -> None:
+def compile_model(model: keras.Model, config: Config, total_steps: int, steps: int = 1) -> None:
     """Attach optimiser, loss and the per-region Dice metrics."""
     output = config.model["output"]
     model.compile(
-        optimizer=make_optimizer(config, total_steps),
+        optimizer=make_optimizer(config, total_steps, steps),
         loss=SegmentationLoss(
             config.loss.kind,
             output["kind"],
@@ -163,10 +178,13 @@ def fit(
             # The custom loss and metrics are registered by importing .losses (above).
             model = keras.models.load_model(run_dir / "checkpoints" / "last.keras")
             model.jit_compile = use_jit_compile(config)  # a setting of this run, not saved
+            # The schedule is a function of the saved step count; rebuilt from the config so
+            # that a finished run can be extended (more epochs, another cosine cycle).
+            model.optimizer.learning_rate = learning_rate_schedule(config, total_steps, steps)
             print(f"resuming at epoch {state['epoch'] + 1} from {run_dir / 'checkpoints'}")
         else:
             model = build_model(config)
-            compile_model(model, config, total_steps)
+            compile_model(model, config, total_steps, steps)
     if state and (run_dir / "config.yaml").is_file():
         _warn_config_changes(load_config(run_dir / "config.yaml"), config)
     if is_chief():
@@ -260,8 +278,8 @@ def _warn_config_changes(saved: Config, current: Config) -> None:
     ]
     if changed:
         print(
-            "warning: resuming with changed settings (the network and optimiser come from the "
-            "checkpoint): " + "; ".join(changed)
+            "warning: resuming with changed settings (the network and optimiser state come from "
+            "the checkpoint, the learning-rate schedule from this config): " + "; ".join(changed)
         )
 
 

@@ -69,9 +69,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     options.add_argument(
         "--min-component-ml",
         type=float,
-        default=0.0,
+        default=None,
         metavar="ML",
-        help="remove tumour islands smaller than this volume (mL); 0 keeps all",
+        help="remove tumour islands smaller than this volume (mL); 0 keeps all "
+        "(default: the model's own setting in model.json)",
     )
     options.add_argument(
         "--memory-budget-gb",

@@ -43,6 +43,9 @@ class ModelSpec:
         default_factory=lambda: {"kind": "softmax", "classes": ["background", "NCR", "ED", "ET"]}
     )
     label_convention_trained: str = "brats2018"
+    # Default postprocessing: tumour islands below this volume are erased (0 keeps all);
+    # chosen on out-of-fold predictions by ``python -m Training postprocessing``.
+    min_component_ml: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     # Where the spec was read from; not serialised.
@@ -60,6 +63,8 @@ class ModelSpec:
             raise ValueError(f"spacing_mm {self.spacing_mm} must be three positive numbers")
         if self.normalization not in ("zscore_brain", "none"):
             raise ValueError(f"unknown normalization {self.normalization!r}")
+        if not self.min_component_ml >= 0:
+            raise ValueError(f"min_component_ml {self.min_component_ml} must be 0 or more")
         if self.input_layout not in ("channels_last", "channels_first"):
             raise ValueError(f"unknown input_layout {self.input_layout!r}")
         kind = self.output.get("kind")

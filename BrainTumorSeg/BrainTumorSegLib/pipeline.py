@@ -82,7 +82,7 @@ def segment(
     bias_backend: str | None = None,
     tta: bool = False,
     threads: int | None = None,
-    min_component_ml: float = 0.0,
+    min_component_ml: float | None = None,
     memory_budget_gb: float | None = None,
     overlay: bool = True,
     progress: Progress | None = None,
@@ -99,7 +99,8 @@ def segment(
     order ``stack_order`` declares (e.g. a Medical Decathlon case: flair, t1, t1ce, t2).
     ``raw`` "on" registers, resamples and skull-strips raw scanner series first (:mod:`raw`),
     "auto" only what the input needs; ``save_intermediates`` then also writes the registered
-    1 mm sequences and the brain mask. Returns class indices on the reference input's grid.
+    1 mm sequences and the brain mask. ``min_component_ml`` None takes the model's own default
+    (``model.json``). Returns class indices on the reference input's grid.
     Raises :class:`InputError` for bad input before anything is written.
     """
     progress = progress or Progress()
@@ -108,6 +109,8 @@ def segment(
         raise InputError(f"--labels must be one of {', '.join(CONVENTIONS)}, not {labels!r}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be at least 1, not {threads}")
+    if min_component_ml is not None and not min_component_ml >= 0:
+        raise InputError(f"--min-component-ml must be 0 or more, not {min_component_ml}")
     raw_mode = parse_raw_mode(raw)
     paths = {seq: Path(p) for seq, p in inputs.items() if p is not None}
     unknown = sorted(set(paths) - set(SEQUENCES))
@@ -127,6 +130,8 @@ def segment(
         if missing:
             raise InputError(f"model {spec.name!r} needs {', '.join(missing)}, which was not given")
         reference = _choose_reference(reference, paths, spec)
+        if min_component_ml is None:
+            min_component_ml = spec.min_component_ml
         used = {seq: paths[seq] for seq in SEQUENCES if seq in spec.channels or seq == reference}
         check_distinct_files({s: p for s, p in used.items() if s not in stack_order})
         if output_dir is not None:
