@@ -206,6 +206,10 @@ def test_cosine_restarts_extends_a_finished_cosine_run(prepared: Path, tmp_path:
     assert rates[2] == pytest.approx(float(cycles(12)), rel=1e-4)
     model = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 16
+    # A constant rate after a schedule (Keras keeps schedules once set) also resumes.
+    flat = Config.from_dict({**TINY, "training": {**TINY["training"], "epochs": 5}})
+    state = fit(flat, prepared, tmp_path / "run", strategy="none", verbose=0)
+    assert state["history"][-1]["learning_rate"] == pytest.approx(0.01)
     with pytest.raises(ValueError, match="cycle_epochs"):
         Config.from_dict({**TINY, "optimizer": {"schedule": "cosine_restarts"}})
 

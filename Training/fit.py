@@ -180,7 +180,13 @@ def fit(
             model.jit_compile = use_jit_compile(config)  # a setting of this run, not saved
             # The schedule is a function of the saved step count; rebuilt from the config so
             # that a finished run can be extended (more epochs, another cosine cycle).
-            model.optimizer.learning_rate = learning_rate_schedule(config, total_steps, steps)
+            rate = learning_rate_schedule(config, total_steps, steps)
+            try:
+                model.optimizer.learning_rate = rate
+            except TypeError:  # Keras keeps a schedule once it had one: a flat one then
+                model.optimizer.learning_rate = keras.optimizers.schedules.PolynomialDecay(
+                    rate, 1, end_learning_rate=rate
+                )
             print(f"resuming at epoch {state['epoch'] + 1} from {run_dir / 'checkpoints'}")
         else:
             model = build_model(config)
