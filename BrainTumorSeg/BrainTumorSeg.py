@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,6 +83,7 @@ class BrainTumorSegParameterNode:
     threads: Annotated[int, WithinRange(0, 256)] = 0
     testTimeAugmentation: bool = False
     rawInput: Annotated[str, Choice(list(slicer_glue.RAW_INPUT_CHOICES))] = "off"
+    components: Annotated[str, Choice(list(slicer_glue.COMPONENT_CHOICES))] = "model"
     modelPath: str = ""
 
 
@@ -301,6 +302,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 threads=self._parameterNode.threads,
                 testTimeAugmentation=self._parameterNode.testTimeAugmentation,
                 rawInput=self._parameterNode.rawInput,
+                components=self._parameterNode.components,
                 onProgress=self._onProgress,
                 onFinished=self._onFinished,
             )
@@ -355,7 +357,12 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setVisible(False)
         if outcome.status == "succeeded":
             self.ui.outputSegmentationSelector.setCurrentNode(outcome.segmentation)
-            self.ui.statusLabel.text = f"Done in {outcome.seconds:.0f} s."
+            done = f"Done in {outcome.seconds:.0f} s."
+            for warning in outcome.warnings:
+                self.ui.logTextEdit.appendPlainText(f"Warning: {warning}")
+            if outcome.warnings:
+                done += f" {len(outcome.warnings)} warning(s): see the log below."
+            self.ui.statusLabel.text = done
         elif outcome.status == "cancelled":
             self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
         else:
@@ -385,6 +392,7 @@ class JobOutcome:
     segmentation: Any = None
     table: Any = None
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 class SegmentationJob:
@@ -476,7 +484,10 @@ class SegmentationJob:
                     segmentation, table = self.logic.importResult(
                         self.outputDir, self.worker.done, self.inputs, self.outputSegmentation
                     )
-                    outcome = JobOutcome("succeeded", "", segmentation, table)
+                    warnings = slicer_glue.report_warnings(slicer_glue.read_report(self.outputDir))
+                    for warning in warnings:
+                        logger.warning(f"BrainTumorSeg: {warning}")
+                    outcome = JobOutcome("succeeded", "", segmentation, table, warnings=warnings)
                 except Exception as error:
                     logger.exception("BrainTumorSeg: importing the result failed")
                     outcome = JobOutcome("failed", f"Could not import the result: {error}")
@@ -616,6 +627,7 @@ class BrainTumorSegLogic(ScriptedLoadableModuleLogic):
         threads: int = 0,
         testTimeAugmentation: bool = False,
         rawInput: str = "off",
+        components: str = "model",
         reference: str = "t1ce",
         onProgress: Callable[[float | None, str, bool], None] | None = None,
         onFinished: Callable[[JobOutcome], None] | None = None,
@@ -643,6 +655,7 @@ class BrainTumorSegLogic(ScriptedLoadableModuleLogic):
                 threads=threads,
                 reference=reference,
                 raw=rawInput,
+                components=components,
             )
             env = slicer_glue.worker_environment(os.environ, slicer_glue.library_parent())
             logger.info(f"BrainTumorSeg: running {' '.join(command)}")

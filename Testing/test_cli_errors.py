@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -260,3 +261,15 @@ def test_gzip_module_detects_our_truncation():
     data = gzip.compress(os.urandom(10000))
     with pytest.raises((EOFError, OSError)):
         gzip.decompress(data[: len(data) // 2])
+
+
+def test_components_option_reaches_the_report(tmp_path, tiny_model, capsys):
+    paths = blob_case(tmp_path / "case")
+    out = tmp_path / "out"
+    code, err = run_cli([*case_args(paths, out, tiny_model), "--components", "largest"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["keep_largest_component"] is True
+    with pytest.raises(SystemExit) as bad:
+        main([*map(str, case_args(paths, tmp_path / "x", tiny_model)), "--components", "one"])
+    assert bad.value.code == 2 and not (tmp_path / "x").exists()

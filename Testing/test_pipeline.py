@@ -136,3 +136,75 @@ def test_test_time_augmentation_runs_all_mirrorings(tmp_path, tiny_model):
     # The tiny network is mirror-symmetric (uniform smoothing + per-voxel weights).
     plain = segment(paths, model=tiny_model)
     np.testing.assert_array_equal(result.classes, plain.classes)
+
+
+def two_lesion_case(folder):
+    """``blob_case`` plus a second, smaller bright lesion far from the first."""
+    paths = blob_case(folder)
+    for path in paths.values():
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj).copy()
+        grid = np.indices(data.shape)
+        second = sum((grid[a] - c) ** 2 for a, c in enumerate((16, 34, 22))) <= 6.0
+        data[second] = 2000.0
+        write_nifti(path, data, image.affine)
+    return paths
+
+
+def count_components(classes):
+    from scipy import ndimage
+
+    return ndimage.label(classes > 0, structure=np.ones((3, 3, 3)))[1]
+
+
+def test_keep_largest_component_returns_what_it_removed():
+    from BrainTumorSegLib.geometry import Grid
+    from BrainTumorSegLib.postprocess import clean_components, keep_largest_component
+
+    grid = Grid(shape=(20, 20, 20), affine=np.diag([2.0, 2.0, 2.0, 1.0]))  # 8 uL voxels
+    classes = np.zeros(grid.shape, np.uint8)
+    classes[2:6, 2:6, 2:6] = 2  # 64 voxels: edema ...
+    classes[3:5, 3:5, 3:5] = 4  # ... around an enhancing core: one component
+    classes[12:14, 12:14, 12:14] = 1  # 8 voxels, far away
+    classes[18, 18, 18] = 4  # 1 voxel
+    kept, removed = keep_largest_component(classes, grid)
+    np.testing.assert_array_equal(kept[:8, :8, :8], classes[:8, :8, :8])
+    assert np.count_nonzero(kept) == 64 and kept.dtype == np.uint8
+    assert removed == pytest.approx([8 * 0.008, 0.008])
+    # Island removal first: the single voxel is gone before the largest is kept.
+    kept2, removed2 = clean_components(classes, grid, 0.01, keep_largest=True)
+    np.testing.assert_array_equal(kept2, kept)
+    assert removed2 == pytest.approx([0.064])
+    untouched, none = clean_components(classes, grid, 0.0, keep_largest=False)
+    assert untouched is classes and none == []
+    empty = np.zeros(grid.shape, np.uint8)
+    assert keep_largest_component(empty, grid)[1] == []
+
+
+def test_largest_component_option_and_model_default(tmp_path, tiny_model):
+    from BrainTumorSegLib.model import load_model_spec
+
+    paths = two_lesion_case(tmp_path / "case")
+    both = segment(paths, model=tiny_model, overlay=False)
+    assert count_components(both.classes) == 2
+    assert both.report["settings"]["keep_largest_component"] is False
+    assert both.report["settings"]["removed_components_ml"] == []
+
+    one = segment(paths, tmp_path / "out", model=tiny_model, keep_largest_component=True)
+    assert count_components(one.classes) == 1
+    removed = one.report["settings"]["removed_components_ml"]
+    assert len(removed) == 1 and 0 < removed[0] < one.report["regions_ml"]["WT"]
+    # The larger lesion (centre 28, 22, 18) is kept as it was; the smaller one is gone.
+    assert one.classes[28, 22, 18] > 0 and both.classes[16, 34, 22] > 0
+    assert one.classes[16, 34, 22] == 0
+    assert np.array_equal(one.classes[one.classes > 0], both.classes[one.classes > 0])
+    warning = [w for w in one.report["warnings"] if "largest tumour component" in w]
+    assert len(warning) == 1 and "--components all" in warning[0]
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["settings"]["removed_components_ml"] == removed
+
+    spec = load_model_spec(tiny_model)
+    spec.keep_largest_component = True  # a model whose card chose it
+    assert count_components(segment(paths, model=spec).classes) == 1
+    kept_all = segment(paths, model=spec, keep_largest_component=False)
+    assert count_components(kept_all.classes) == 2

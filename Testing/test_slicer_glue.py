@@ -84,6 +84,17 @@ def test_worker_command_lists_every_option() -> None:
     assert pairs["--channels"] == "flair,t1ce,t2"
     assert pairs["--threads"] == "3"
     assert {"--tta", "--progress-json", "--no-overlay"} <= set(command)
+    assert "--components" not in command  # "model": the model's own setting
+    largest = slicer_glue.worker_command(["py"], inputs, "/out", components="largest")
+    assert largest[largest.index("--components") + 1] == "largest"
+    with pytest.raises(ValueError, match="components"):
+        slicer_glue.worker_command(["py"], inputs, "/out", components="some")
+
+
+def test_report_warnings_are_read_defensively() -> None:
+    assert slicer_glue.report_warnings({"warnings": ["a", "b"]}) == ["a", "b"]
+    assert slicer_glue.report_warnings(None) == []
+    assert slicer_glue.report_warnings({"warnings": "not a list"}) == []
 
 
 def test_worker_command_defaults_and_validation() -> None:

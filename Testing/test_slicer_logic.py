@@ -327,20 +327,27 @@ def test_dependency_install_failure_is_reported(slicer, logic, monkeypatch) -> N
     assert "antspyx --no-deps" in slicer.double.pip_calls
 
 
-def test_real_worker_end_to_end_with_tiny_model(slicer, logic, tmp_path, tiny_model) -> None:
-    """The real ``python -m BrainTumorSegLib`` as the worker, on a synthetic lesion case."""
+def _load_volumes(slicer, files: dict) -> dict:
+    """What ``slicer.util.loadVolume`` makes of NIfTI files, in the test double."""
     import nibabel as nib
-    from conftest import blob_case
 
-    affine = np.array([[-2.0, 0, 0, 40], [0, -2.0, 0, 60], [0, 0, 2.0, -30], [0, 0, 0, 1]])
-    files = blob_case(tmp_path / "case", affine=affine)
     volumes = {}
-    for sequence, path in files.items():  # what slicer.util.loadVolume makes of the files
+    for sequence, path in files.items():
         image = nib.load(path)
         volumes[sequence] = slicer.util.addVolumeFromArray(
             np.asarray(image.dataobj).transpose(2, 1, 0), ijkToRAS=image.affine,
             name=path.name.split(".")[0],
         )  # fmt: skip
+    return volumes
+
+
+def test_real_worker_end_to_end_with_tiny_model(slicer, logic, tmp_path, tiny_model) -> None:
+    """The real ``python -m BrainTumorSegLib`` as the worker, on a synthetic lesion case."""
+    from conftest import blob_case
+
+    affine = np.array([[-2.0, 0, 0, 40], [0, -2.0, 0, 60], [0, 0, 2.0, -30], [0, 0, 0, 1]])
+    files = blob_case(tmp_path / "case", affine=affine)
+    volumes = _load_volumes(slicer, files)
     logic.workerCommandBase = [sys.executable, "-m", slicer_glue.WORKER_MODULE]
     model = slicer_glue.model_from_user_path(tiny_model)
 
@@ -358,3 +365,30 @@ def test_real_worker_end_to_end_with_tiny_model(slicer, logic, tmp_path, tiny_mo
     rows = _table_rows(segmentation.GetNodeReference("BrainTumorSegVolumes"))
     assert rows[-1][2] == pytest.approx(tumour.sum() * 8 / 1000, rel=1e-3)
     assert _temp_dirs(slicer) == []
+
+
+def test_real_worker_keeps_the_largest_component_and_reports_the_rest(
+    slicer, logic, tmp_path, tiny_model
+) -> None:
+    """``components="largest"`` reaches the worker; what it removed comes back as a warning."""
+    from test_pipeline import two_lesion_case
+
+    files = two_lesion_case(tmp_path / "case")
+    volumes = _load_volumes(slicer, files)
+    logic.workerCommandBase = [sys.executable, "-m", slicer_glue.WORKER_MODULE]
+    model = slicer_glue.model_from_user_path(tiny_model)
+    outcomes = {}
+    for choice in ("all", "largest"):
+        job = logic.start(volumes, model=model, threads=1, components=choice, useTimer=False)
+        outcomes[choice] = job.wait()
+    assert outcomes["all"].status == outcomes["largest"].status == "succeeded"
+    assert outcomes["all"].warnings == []
+    (warning,) = outcomes["largest"].warnings
+    assert "removed 1 other component" in warning
+    tumour = {
+        choice: sum(m.astype(int) for m in _segment_masks(o.segmentation).values()) > 0
+        for choice, o in outcomes.items()
+    }
+    assert tumour["largest"].sum() < tumour["all"].sum()
+    assert tumour["largest"][18, 22, 28] and not tumour["largest"][22, 34, 16]  # k, j, i
+    assert tumour["all"][22, 34, 16]

@@ -229,6 +229,12 @@ def test_export_records_the_chosen_postprocessing_as_the_default(
     export_run(trained_run, package, checkpoint="last", postprocessing=search)
     spec = load_model_spec(package)
     assert spec.min_component_ml == 0.5 and spec.metrics["postprocessing"]["rows"] == rows
+    assert spec.keep_largest_component is False  # a search that did not try it
+    chosen = {"best_min_component_ml": 0.25, "best_keep_largest_component": True, "rows": rows}
+    search.write_text(json.dumps(chosen))
+    export_run(trained_run, tmp_path / "largest", checkpoint="last", postprocessing=search)
+    largest = load_model_spec(tmp_path / "largest")
+    assert largest.keep_largest_component is True and largest.min_component_ml == 0.25
     case = dataset / "HGG" / "Synth_1"
     inputs = {s: case / f"Synth_1_{s}.nii.gz" for s in ("t1", "t1ce", "t2", "flair")}
     default = segment(inputs, model=package, overlay=False)
@@ -289,28 +295,59 @@ def test_evaluate_writes_tables_and_perfect_scores(dataset: Path, tmp_path: Path
     assert (tmp_path / "eval" / "boxplot.png").stat().st_size > 1000
 
 
-def test_postprocessing_search_picks_the_threshold_that_removes_false_islands(
-    dataset: Path, tmp_path: Path
-):
+def _predictions_with_false_island(dataset: Path, tmp_path: Path, label: int) -> Path:
+    """The truth of each synthetic case plus a 27-voxel (0.09 mL) island far from the tumour."""
     import nibabel as nib
-
-    from Training.postprocessing import search_min_component
 
     predictions = tmp_path / "pred"
     predictions.mkdir()
     for n in range(3):
         truth = nib.load(dataset / "HGG" / f"Synth_{n}" / f"Synth_{n}_seg.nii.gz")
         labels = np.asarray(truth.dataobj).copy()
-        labels[1:4, 1:4, 1:4] = 4  # a 0.09 mL false-positive island, far from the tumour
+        labels[1:4, 1:4, 1:4] = label
         _write(predictions / f"Synth_{n}.nii.gz", labels, truth.affine)
+    return predictions
+
+
+def test_postprocessing_search_picks_the_threshold_that_removes_false_islands(
+    dataset: Path, tmp_path: Path
+):
+
+    from Training.postprocessing import search_min_component
+
+    # a 0.09 mL false-positive island, far from the tumour
+    predictions = _predictions_with_false_island(dataset, tmp_path, label=4)
     result = search_min_component(predictions, dataset, tmp_path / "search", (0.0, 0.5, 1000.0))
-    rows = {row["min_component_ml"]: row for row in result["rows"]}
+    rows = {r["min_component_ml"]: r for r in result["rows"] if not r["keep_largest_component"]}
     assert result["best_min_component_ml"] == 0.5
+    # Keeping the largest is tried with the chosen threshold; no better here, so not chosen.
+    largest = [r for r in result["rows"] if r["keep_largest_component"]]
+    assert [r["min_component_ml"] for r in largest] == [0.5]
+    assert largest[0]["dice_mean"] == rows[0.5]["dice_mean"]
+    assert result["best_keep_largest_component"] is False
     assert rows[0.5]["dice_ET"] == 1.0 and rows[0.5]["hd95_WT"] == 0.0
     assert rows[0.0]["dice_ET"] < 0.99 and rows[0.0]["dice_mean"] < rows[0.5]["dice_mean"]
     assert rows[1000.0]["dice_WT"] == 0.0  # everything removed
     saved = json.loads((tmp_path / "search" / "search.json").read_text())
     assert saved["best_min_component_ml"] == 0.5 and rows[0.5]["n"] == 3
+
+
+def test_postprocessing_search_keeps_the_largest_when_a_false_lesion_is_too_big(
+    dataset: Path, tmp_path: Path
+):
+
+    from Training.postprocessing import search_min_component
+
+    # a 0.09 mL false lesion: above every threshold tried
+    predictions = _predictions_with_false_island(dataset, tmp_path, label=2)
+    result = search_min_component(predictions, dataset, tmp_path / "search", (0.0, 0.05))
+    kept_all, largest = result["rows"][:-1], result["rows"][-1]
+    assert all(r["dice_WT"] < 1.0 for r in kept_all)
+    assert largest["keep_largest_component"] and largest["dice_WT"] == 1.0
+    assert result["best_keep_largest_component"] is True
+    assert result["best_min_component_ml"] == 0.0  # the fallback when all components are kept
+    saved = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert saved["best_keep_largest_component"] is True
 
 
 def test_distributed_fit_on_two_logical_cpus(prepared: Path, tmp_path: Path):

@@ -155,7 +155,8 @@ def export_run(
     ``evaluation``: a ``summary.json`` written by ``evaluate`` or ``crossval`` (e.g. the
     out-of-fold scores of the recipe) to record in ``model.json["metrics"]["evaluation"]``.
     ``postprocessing``: a ``search.json`` written by ``postprocessing``; its chosen island
-    threshold becomes the model's default and its rows go to ``metrics["postprocessing"]``.
+    threshold and largest-component choice become the model's defaults and its rows go to
+    ``metrics["postprocessing"]``.
     """
     keras = _keras()
     path = run_dir / "checkpoints" / f"{checkpoint}.keras"
@@ -196,6 +197,8 @@ def export_run(
         if "best_min_component_ml" not in search:
             raise InputError("not a postprocessing search result", postprocessing)
         spec.min_component_ml = float(search["best_min_component_ml"])
+        # Searches written before the largest-component option did not try it.
+        spec.keep_largest_component = bool(search.get("best_keep_largest_component", False))
         spec.metrics["postprocessing"] = {"source": str(postprocessing), "rows": search["rows"]}
     spec.validate()
     return write_package(model, spec, out_dir)
@@ -277,7 +280,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--postprocessing",
-        help="search.json of a postprocessing run: its island threshold becomes the default",
+        help="search.json of a postprocessing run: its choices become the model's defaults",
     )
     p.set_defaults(func=cmd_export)
 

@@ -75,6 +75,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "(default: the model's own setting in model.json)",
     )
     options.add_argument(
+        "--components",
+        choices=("largest", "all"),
+        default=None,
+        help="keep only the largest tumour component, or all of them (multifocal tumours); "
+        "default: the model's own setting in model.json",
+    )
+    options.add_argument(
         "--memory-budget-gb",
         type=float,
         default=None,
@@ -217,6 +224,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             tta=args.tta,
             threads=args.threads,
             min_component_ml=args.min_component_ml,
+            keep_largest_component={None: None, "largest": True, "all": False}[args.components],
             memory_budget_gb=args.memory_budget_gb,
             overlay=not args.no_overlay,
             progress=progress,

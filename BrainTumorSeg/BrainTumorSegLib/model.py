@@ -46,6 +46,9 @@ class ModelSpec:
     # Default postprocessing: tumour islands below this volume are erased (0 keeps all);
     # chosen on out-of-fold predictions by ``python -m Training postprocessing``.
     min_component_ml: float = 0.0
+    # Default postprocessing: keep only the largest tumour component (after island removal);
+    # chosen the same way. Off keeps every focus of a multifocal tumour.
+    keep_largest_component: bool = False
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     # Where the spec was read from; not serialised.
@@ -65,6 +68,8 @@ class ModelSpec:
             raise ValueError(f"unknown normalization {self.normalization!r}")
         if not self.min_component_ml >= 0:
             raise ValueError(f"min_component_ml {self.min_component_ml} must be 0 or more")
+        if not isinstance(self.keep_largest_component, bool):
+            raise ValueError("keep_largest_component must be true or false")
         if self.input_layout not in ("channels_last", "channels_first"):
             raise ValueError(f"unknown input_layout {self.input_layout!r}")
         kind = self.output.get("kind")

@@ -24,10 +24,10 @@ from .labels import CONVENTIONS, DEFAULT_CONVENTION
 from .load import SEQUENCE_TITLES, SEQUENCES, Volume, check_stack_order, load_stack, load_volume
 from .model import ModelSpec, resolve_model
 from .postprocess import (
+    clean_components,
     clear_outside_brain,
     foreground_channels,
     labels_from_output,
-    remove_small_components,
 )
 from .preprocess import brain_mask, preprocess
 from .progress import Progress
@@ -83,6 +83,7 @@ def segment(
     tta: bool = False,
     threads: int | None = None,
     min_component_ml: float | None = None,
+    keep_largest_component: bool | None = None,
     memory_budget_gb: float | None = None,
     overlay: bool = True,
     progress: Progress | None = None,
@@ -99,8 +100,9 @@ def segment(
     order ``stack_order`` declares (e.g. a Medical Decathlon case: flair, t1, t1ce, t2).
     ``raw`` "on" registers, resamples and skull-strips raw scanner series first (:mod:`raw`),
     "auto" only what the input needs; ``save_intermediates`` then also writes the registered
-    1 mm sequences and the brain mask. ``min_component_ml`` None takes the model's own default
-    (``model.json``). Returns class indices on the reference input's grid.
+    1 mm sequences and the brain mask. ``min_component_ml`` and ``keep_largest_component``
+    None take the model's own defaults (``model.json``). Returns class indices on the reference
+    input's grid.
     Raises :class:`InputError` for bad input before anything is written.
     """
     progress = progress or Progress()
@@ -132,6 +134,8 @@ def segment(
         reference = _choose_reference(reference, paths, spec)
         if min_component_ml is None:
             min_component_ml = spec.min_component_ml
+        if keep_largest_component is None:
+            keep_largest_component = spec.keep_largest_component
         used = {seq: paths[seq] for seq in SEQUENCES if seq in spec.channels or seq == reference}
         check_distinct_files({s: p for s, p in used.items() if s not in stack_order})
         if output_dir is not None:
@@ -231,14 +235,30 @@ def segment(
                 restore_to_input_grid(foreground, prepared.grid, work_grid), spec
             )
             work_classes = clear_outside_brain(work_classes, raw_prepared.brain_mask)
+            work_classes, _ = clean_components(
+                work_classes, work_grid, min_component_ml, keep_largest_component
+            )
         classes = clear_outside_brain(classes, brain)
-        classes = remove_small_components(classes, ref.grid, min_component_ml)
+        classes, removed_ml = clean_components(
+            classes, ref.grid, min_component_ml, keep_largest_component
+        )
+        if removed_ml:
+            kept_ml = float(np.count_nonzero(classes)) * ref.grid.voxel_volume_ml
+            sizes = ", ".join(f"{v:.1f}" for v in removed_ml[:5])
+            more = f" and {len(removed_ml) - 5} more" if len(removed_ml) > 5 else ""
+            warnings.append(
+                f"kept the largest tumour component ({kept_ml:.1f} mL) and removed "
+                f"{len(removed_ml)} other component(s) of {sizes}{more} mL; for a multifocal "
+                "tumour run again keeping all components (--components all)"
+            )
 
     settings = {
         "bias_correction": prepared.bias_corrected,
         "test_time_augmentation": tta,
         "threads": threads or os.cpu_count(),
         "min_component_ml": min_component_ml,
+        "keep_largest_component": keep_largest_component,
+        "removed_components_ml": [round(v, 3) for v in removed_ml],
         "working_grid": list(prepared.grid.shape),
         "working_spacing_mm": [round(float(s), 4) for s in prepared.grid.spacing],
         "raw": raw_mode,

@@ -48,19 +48,57 @@ def clear_outside_brain(classes: np.ndarray, brain: np.ndarray) -> np.ndarray:
     return np.where(brain, classes, 0).astype(np.uint8, copy=False)
 
 
+# Tumour components are 26-connected over all tumour labels together: a necrotic core, its
+# enhancing rim and the surrounding edema are one lesion.
+_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
+def _components(classes: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Component index of every voxel (0 outside the tumour) and each component's volume (mL)."""
+    components, count = ndimage.label(classes > 0, structure=_CONNECTIVITY)
+    sizes_ml = np.bincount(components.ravel(), minlength=count + 1)[1:] * grid.voxel_volume_ml
+    return components, sizes_ml
+
+
 def remove_small_components(classes: np.ndarray, grid: Grid, min_volume_ml: float) -> np.ndarray:
     """Erase tumour islands (26-connected, all labels together) smaller than ``min_volume_ml``."""
     if min_volume_ml <= 0:
         return classes
-    tumour = classes > 0
-    components, count = ndimage.label(tumour, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return classes
-    sizes_ml = np.bincount(components.ravel())[1:] * grid.voxel_volume_ml
+    components, sizes_ml = _components(classes, grid)
     small = np.nonzero(sizes_ml < min_volume_ml)[0] + 1
+    if not len(small):
+        return classes
     out = classes.copy()
     out[np.isin(components, small)] = 0
     return out
+
+
+def keep_largest_component(classes: np.ndarray, grid: Grid) -> tuple[np.ndarray, list[float]]:
+    """Keep only the largest tumour component (as nnU-Net's postprocessing can).
+
+    Returns the labels and the volumes (mL, largest first) of the components removed, so that
+    a caller can tell the user what was dropped: a multifocal tumour loses its other foci.
+    """
+    components, sizes_ml = _components(classes, grid)
+    if len(sizes_ml) < 2:
+        return classes, []
+    largest = int(np.argmax(sizes_ml)) + 1
+    removed = sorted((float(v) for i, v in enumerate(sizes_ml) if i + 1 != largest), reverse=True)
+    out = np.where(components == largest, classes, 0).astype(classes.dtype, copy=False)
+    return out, removed
+
+
+def clean_components(
+    classes: np.ndarray, grid: Grid, min_volume_ml: float, keep_largest: bool
+) -> tuple[np.ndarray, list[float]]:
+    """The model's component postprocessing: island removal, then optionally the largest only.
+
+    Returns the labels and the volumes (mL, largest first) that ``keep_largest`` removed.
+    """
+    classes = remove_small_components(classes, grid, min_volume_ml)
+    if not keep_largest:
+        return classes, []
+    return keep_largest_component(classes, grid)
 
 
 def class_volumes_ml(classes: np.ndarray, grid: Grid) -> np.ndarray:

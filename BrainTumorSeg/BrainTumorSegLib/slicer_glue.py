@@ -38,6 +38,8 @@ REPORT_FILE = "report.json"
 BIAS_CORRECTION_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 # Raw scanner series: register, resample to 1 mm and skull-strip first (worker ``--raw``).
 RAW_INPUT_CHOICES: tuple[str, ...] = ("off", "auto", "on")
+# Component postprocessing: the model's own setting, only the largest tumour, or every focus.
+COMPONENT_CHOICES: tuple[str, ...] = ("model", "largest", "all")
 KERAS_SUFFIXES: tuple[str, ...] = (".keras", ".h5")
 
 
@@ -201,6 +203,7 @@ def worker_command(
     threads: int = 0,
     reference: str = "t1ce",
     raw: str = "off",
+    components: str = "model",
 ) -> list[str]:
     """Command line of the segmentation worker.
 
@@ -216,6 +219,8 @@ def worker_command(
         raise ValueError(f"reference must be one of {SEQUENCES}")
     if raw not in RAW_INPUT_CHOICES:
         raise ValueError(f"raw must be one of {RAW_INPUT_CHOICES}")
+    if components not in COMPONENT_CHOICES:
+        raise ValueError(f"components must be one of {COMPONENT_CHOICES}")
     command = [*command_base, "segment"]
     for sequence in SEQUENCES:
         command += [f"--{sequence}", str(inputs[sequence])]
@@ -235,6 +240,8 @@ def worker_command(
         command.append("--tta")
     if raw != "off":
         command += ["--raw", raw]
+    if components != "model":
+        command += ["--components", components]
     if threads > 0:
         command += ["--threads", str(int(threads))]
     return command
@@ -543,6 +550,12 @@ def read_report(output_dir: str | Path) -> dict[str, Any] | None:
         return json.loads((Path(output_dir) / REPORT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def report_warnings(report: Mapping[str, Any] | None) -> list[str]:
+    """The worker's warnings (e.g. tumour components it removed), for the module's log."""
+    warnings = (report or {}).get("warnings") or []
+    return [str(w) for w in warnings] if isinstance(warnings, list) else []
 
 
 def result_segmentation_path(output_dir: str | Path, done: ProgressEvent | None) -> Path:
