@@ -81,7 +81,7 @@ class BrainTumorSegParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     biasCorrection: Annotated[str, Choice(list(slicer_glue.BIAS_CORRECTION_CHOICES))] = "auto"
     threads: Annotated[int, WithinRange(0, 256)] = 0
-    testTimeAugmentation: bool = False
+    testTimeAugmentation: Annotated[str, Choice(list(slicer_glue.TTA_CHOICES))] = "model"
     rawInput: Annotated[str, Choice(list(slicer_glue.RAW_INPUT_CHOICES))] = "off"
     components: Annotated[str, Choice(list(slicer_glue.COMPONENT_CHOICES))] = "model"
     modelPath: str = ""
@@ -625,7 +625,7 @@ class BrainTumorSegLogic(ScriptedLoadableModuleLogic):
         model: slicer_glue.ModelChoice | None = None,
         biasCorrection: str = "auto",
         threads: int = 0,
-        testTimeAugmentation: bool = False,
+        testTimeAugmentation: str = "model",
         rawInput: str = "off",
         components: str = "model",
         reference: str = "t1ce",

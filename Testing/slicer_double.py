@@ -746,7 +746,7 @@ def fake_worker(argv: list[str]) -> int:
     for name in ("t1", "t1ce", "t2", "flair", "output", "reference", "labels", "bias-correction",
                  "model", "channels", "threads"):  # fmt: skip
         parser.add_argument(f"--{name}")
-    for flag in ("tta", "no-overlay", "progress-json"):
+    for flag in ("tta", "no-tta", "no-overlay", "progress-json"):
         parser.add_argument(f"--{flag}", action="store_true")
     args = parser.parse_args(argv)
     mode = os.environ.get("FAKE_WORKER_MODE", "ok")

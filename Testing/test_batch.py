@@ -100,6 +100,11 @@ def test_segment_options_are_passed_on(tmp_path):
     # Every option given to batch parses as a segment option.
     parsed = build_parser().parse_args(["segment", "-o", "x", *argv])
     assert parsed.tta and parsed.threads == 3 and parsed.reference == "flair"
+    # A switch against the model's default is passed on too; no switch leaves it to the model.
+    off = segment_options(build_parser().parse_args(["batch", "in", "-o", "out", "--no-tta"]))
+    assert off == ["--no-tta"]
+    assert build_parser().parse_args(["segment", "-o", "x", *off]).tta is False
+    assert segment_options(build_parser().parse_args(["batch", "in", "-o", "out"])) == []
 
 
 @pytest.mark.parametrize("problem", ["same folder", "missing input", "no cases", "jobs"])

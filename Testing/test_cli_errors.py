@@ -273,3 +273,6 @@ def test_components_option_reaches_the_report(tmp_path, tiny_model, capsys):
     with pytest.raises(SystemExit) as bad:
         main([*map(str, case_args(paths, tmp_path / "x", tiny_model)), "--components", "one"])
     assert bad.value.code == 2 and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as both:
+        main([*map(str, case_args(paths, tmp_path / "y", tiny_model)), "--tta", "--no-tta"])
+    assert both.value.code == 2 and not (tmp_path / "y").exists()

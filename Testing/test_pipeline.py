@@ -136,6 +136,27 @@ def test_test_time_augmentation_runs_all_mirrorings(tmp_path, tiny_model):
     # The tiny network is mirror-symmetric (uniform smoothing + per-voxel weights).
     plain = segment(paths, model=tiny_model)
     np.testing.assert_array_equal(result.classes, plain.classes)
+    assert result.report["settings"]["test_time_augmentation"] is True
+    assert plain.report["settings"]["test_time_augmentation"] is False
+
+
+def test_model_default_test_time_augmentation_and_its_override(tmp_path, tiny_model):
+    from BrainTumorSegLib.model import load_model_spec
+    from BrainTumorSegLib.progress import Progress
+
+    paths = blob_case(tmp_path / "case")
+    spec = load_model_spec(tiny_model)
+    spec.test_time_augmentation = True  # a model whose card chose it
+    for tta, passes in ((None, 8), (False, 1), (True, 8)):
+        events: list[str] = []
+        progress = Progress("callback", callback=lambda stage, f, m, seen=events: seen.append(m))
+        result = segment(paths, model=spec, tta=tta, progress=progress)
+        assert any(f"pass {passes}/{passes}" in m for m in events), tta
+        assert not any(f"pass {passes + 1}/" in m for m in events)
+        assert result.report["settings"]["test_time_augmentation"] is (passes == 8)
+    with pytest.raises(ValueError, match="test_time_augmentation"):
+        spec.test_time_augmentation = "yes"
+        spec.validate()
 
 
 def two_lesion_case(folder):

@@ -72,7 +72,7 @@ def test_worker_command_lists_every_option() -> None:
     model = ModelChoice(path="/m/seed.h5", label="seed", channels=("flair", "t1ce", "t2"))
     command = slicer_glue.worker_command(
         ["PythonSlicer", "-m", "BrainTumorSegLib"], inputs, "/out",
-        model=model, bias_correction="off", tta=True, threads=3,
+        model=model, bias_correction="off", tta="on", threads=3,
     )  # fmt: skip
     assert command[:4] == ["PythonSlicer", "-m", "BrainTumorSegLib", "segment"]
     pairs = dict(zip(command[4::1], command[5::1]))
@@ -85,6 +85,9 @@ def test_worker_command_lists_every_option() -> None:
     assert pairs["--threads"] == "3"
     assert {"--tta", "--progress-json", "--no-overlay"} <= set(command)
     assert "--components" not in command  # "model": the model's own setting
+    assert "--no-tta" in slicer_glue.worker_command(["py"], inputs, "/out", tta="off")
+    with pytest.raises(ValueError, match="tta"):
+        slicer_glue.worker_command(["py"], inputs, "/out", tta=True)
     largest = slicer_glue.worker_command(["py"], inputs, "/out", components="largest")
     assert largest[largest.index("--components") + 1] == "largest"
     with pytest.raises(ValueError, match="components"):
@@ -100,7 +103,8 @@ def test_report_warnings_are_read_defensively() -> None:
 def test_worker_command_defaults_and_validation() -> None:
     inputs = {s: f"{s}.nrrd" for s in ("t1", "t1ce", "t2", "flair")}
     command = slicer_glue.worker_command(["py"], inputs, "out")
-    assert "--tta" not in command and "--threads" not in command and "--model" not in command
+    assert "--tta" not in command and "--no-tta" not in command  # the model's own setting
+    assert "--threads" not in command and "--model" not in command
     with pytest.raises(ValueError, match="bias_correction"):
         slicer_glue.worker_command(["py"], inputs, "out", bias_correction="maybe")
     with pytest.raises(ValueError, match="missing inputs: flair"):

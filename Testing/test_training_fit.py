@@ -232,9 +232,12 @@ def test_export_records_the_chosen_postprocessing_as_the_default(
     assert spec.keep_largest_component is False  # a search that did not try it
     chosen = {"best_min_component_ml": 0.25, "best_keep_largest_component": True, "rows": rows}
     search.write_text(json.dumps(chosen))
-    export_run(trained_run, tmp_path / "largest", checkpoint="last", postprocessing=search)
+    export_run(
+        trained_run, tmp_path / "largest", checkpoint="last", postprocessing=search, tta=True
+    )
     largest = load_model_spec(tmp_path / "largest")
     assert largest.keep_largest_component is True and largest.min_component_ml == 0.25
+    assert largest.test_time_augmentation is True and spec.test_time_augmentation is False
     case = dataset / "HGG" / "Synth_1"
     inputs = {s: case / f"Synth_1_{s}.nii.gz" for s in ("t1", "t1ce", "t2", "flair")}
     default = segment(inputs, model=package, overlay=False)
@@ -348,6 +351,13 @@ def test_postprocessing_search_keeps_the_largest_when_a_false_lesion_is_too_big(
     assert result["best_min_component_ml"] == 0.0  # the fallback when all components are kept
     saved = json.loads((tmp_path / "search" / "search.json").read_text())
     assert saved["best_keep_largest_component"] is True
+    # The chosen setting's per-case table, as evaluate writes it.
+    chosen = tmp_path / "search" / "chosen"
+    lines = (chosen / "cases.csv").read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("case_id,dice_ET")
+    summary = json.loads((chosen / "summary.json").read_text())
+    assert summary["dice_WT"]["mean"] == 1.0 and summary["dice_WT"]["n"] == 3
+    assert (chosen / "boxplot.png").is_file()
 
 
 def test_distributed_fit_on_two_logical_cpus(prepared: Path, tmp_path: Path):

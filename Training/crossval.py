@@ -81,7 +81,7 @@ def crossvalidate(
             str(package),
             [cases[c] for c in held_out],
             predictions.parent,
-            **({"tta": True} if tta else {}),
+            tta=tta,  # explicit: out-of-fold and out-of-fold-tta whatever the package says
         )
         done.append(fold)
     if len(done) < folds:

@@ -111,6 +111,13 @@ def evaluate(
         raise InputError("no prediction matches a reference case", predictions)
     if missing:
         print(f"warning: no prediction for {len(missing)} cases: {', '.join(missing)}")
+    return write_scores(rows, out_dir)
+
+
+def write_scores(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, dict[str, float]]:
+    """Write ``cases.csv``, ``summary.csv``/``summary.json`` and ``boxplot.png`` of per-case
+    scores (each row: ``case_id`` and :func:`score_columns`); returns the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     columns = score_columns()
     with open(out_dir / "cases.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["case_id", *columns])

@@ -149,6 +149,7 @@ def export_run(
     version: str | None = None,
     evaluation: Path | None = None,
     postprocessing: Path | None = None,
+    tta: bool = False,
 ) -> ModelSpec:
     """Package a training run's ``best`` or ``last`` checkpoint with its config and metrics.
 
@@ -156,7 +157,8 @@ def export_run(
     out-of-fold scores of the recipe) to record in ``model.json["metrics"]["evaluation"]``.
     ``postprocessing``: a ``search.json`` written by ``postprocessing``; its chosen island
     threshold and largest-component choice become the model's defaults and its rows go to
-    ``metrics["postprocessing"]``.
+    ``metrics["postprocessing"]``. ``tta`` makes mirroring test-time augmentation the model's
+    default (choose it by comparing ``crossval`` with and without ``--tta``).
     """
     keras = _keras()
     path = run_dir / "checkpoints" / f"{checkpoint}.keras"
@@ -200,6 +202,8 @@ def export_run(
         # Searches written before the largest-component option did not try it.
         spec.keep_largest_component = bool(search.get("best_keep_largest_component", False))
         spec.metrics["postprocessing"] = {"source": str(postprocessing), "rows": search["rows"]}
+    if tta:
+        spec.test_time_augmentation = True
     spec.validate()
     return write_package(model, spec, out_dir)
 
@@ -250,6 +254,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         version=args.version,
         evaluation=Path(args.metrics) if args.metrics else None,
         postprocessing=Path(args.postprocessing) if args.postprocessing else None,
+        tta=args.tta,
     )
     return 0
 
@@ -281,6 +286,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--postprocessing",
         help="search.json of a postprocessing run: its choices become the model's defaults",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="make mirroring test-time augmentation the model's default (segment --no-tta: off)",
     )
     p.set_defaults(func=cmd_export)
 

@@ -26,7 +26,7 @@ from BrainTumorSegLib.labels import REGIONS
 from BrainTumorSegLib.postprocess import clean_components
 
 from .dataset import find_cases
-from .evaluate import find_prediction, read_classes
+from .evaluate import find_prediction, read_classes, write_scores
 from .metrics import score_case
 
 DEFAULT_THRESHOLDS_ML = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -38,7 +38,9 @@ def search_min_component(
     out_dir: Path,
     thresholds_ml: tuple[float, ...] = DEFAULT_THRESHOLDS_ML,
 ) -> dict[str, Any]:
-    """Score every threshold on every predicted case; writes ``search.csv``/``search.json``."""
+    """Score every threshold on every predicted case; writes ``search.csv``/``search.json``,
+    and the chosen setting's per-case scores as ``evaluate`` does (``chosen/cases.csv``,
+    ``chosen/summary.*``, ``chosen/boxplot.png``)."""
     pairs = []
     for case in find_cases(dataset):
         path = find_prediction(predictions, case.case_id)
@@ -55,6 +57,8 @@ def search_min_component(
     # before it leaves the labels unchanged, and HD95 is too costly to compute again.
     last: dict[str, tuple[np.ndarray, dict[str, float]]] = {}
 
+    per_case: dict[tuple[float, bool], list[dict[str, Any]]] = {}
+
     def score(threshold: float, keep_largest: bool) -> dict[str, Any]:
         scores = []
         for case_id, pred, ref, grid in pairs:
@@ -63,6 +67,9 @@ def search_min_component(
                 spacing = tuple(float(s) for s in grid.spacing)
                 last[case_id] = (cleaned, score_case(cleaned, ref, spacing))
             scores.append(last[case_id][1])
+        per_case[threshold, keep_largest] = [
+            {"case_id": pair[0], **s} for pair, s in zip(pairs, scores)
+        ]
         row: dict[str, Any] = {
             "min_component_ml": threshold,
             "keep_largest_component": keep_largest,
@@ -94,6 +101,7 @@ def search_min_component(
         "best_keep_largest_component": keep_largest,
     }
     (out_dir / "search.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_scores(per_case[best["min_component_ml"], keep_largest], out_dir / "chosen")
     return result
 
 

@@ -104,6 +104,8 @@ def segment_options(args: argparse.Namespace) -> list[str]:
         flag = "--" + dest.replace("_", "-")
         if value is True:
             argv.append(flag)
+        elif value is False and default is None:  # a --no-X switch against a model default
+            argv.append("--no-" + dest.replace("_", "-"))
         elif isinstance(value, (list, tuple)):
             argv += [flag, ",".join(str(v) for v in value)]
         elif isinstance(value, Path):

@@ -60,8 +60,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     options.add_argument(
         "--bias-backend", choices=("ants", "sitk"), default=None, help=argparse.SUPPRESS
     )
-    options.add_argument(
-        "--tta", action="store_true", help="mirroring test-time augmentation (8x slower)"
+    tta = options.add_mutually_exclusive_group()
+    tta.add_argument(
+        "--tta",
+        action="store_const",
+        const=True,
+        default=None,
+        help="mirroring test-time augmentation: 8 network passes averaged "
+        "(default: the model's own setting in model.json)",
+    )
+    tta.add_argument(
+        "--no-tta", dest="tta", action="store_const", const=False, help="one network pass"
     )
     options.add_argument(
         "--threads", type=int, default=None, metavar="N", help="CPU threads for inference"

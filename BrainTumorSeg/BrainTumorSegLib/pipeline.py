@@ -80,7 +80,7 @@ def segment(
     labels: str = DEFAULT_CONVENTION,
     bias_correction: bool | None = None,
     bias_backend: str | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     threads: int | None = None,
     min_component_ml: float | None = None,
     keep_largest_component: bool | None = None,
@@ -100,9 +100,9 @@ def segment(
     order ``stack_order`` declares (e.g. a Medical Decathlon case: flair, t1, t1ce, t2).
     ``raw`` "on" registers, resamples and skull-strips raw scanner series first (:mod:`raw`),
     "auto" only what the input needs; ``save_intermediates`` then also writes the registered
-    1 mm sequences and the brain mask. ``min_component_ml`` and ``keep_largest_component``
-    None take the model's own defaults (``model.json``). Returns class indices on the reference
-    input's grid.
+    1 mm sequences and the brain mask. ``tta``, ``min_component_ml`` and
+    ``keep_largest_component`` None take the model's own defaults (``model.json``). Returns
+    class indices on the reference input's grid.
     Raises :class:`InputError` for bad input before anything is written.
     """
     progress = progress or Progress()
@@ -136,6 +136,8 @@ def segment(
             min_component_ml = spec.min_component_ml
         if keep_largest_component is None:
             keep_largest_component = spec.keep_largest_component
+        if tta is None:
+            tta = spec.test_time_augmentation
         used = {seq: paths[seq] for seq in SEQUENCES if seq in spec.channels or seq == reference}
         check_distinct_files({s: p for s, p in used.items() if s not in stack_order})
         if output_dir is not None:

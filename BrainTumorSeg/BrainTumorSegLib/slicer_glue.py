@@ -40,6 +40,8 @@ BIAS_CORRECTION_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 RAW_INPUT_CHOICES: tuple[str, ...] = ("off", "auto", "on")
 # Component postprocessing: the model's own setting, only the largest tumour, or every focus.
 COMPONENT_CHOICES: tuple[str, ...] = ("model", "largest", "all")
+# Mirroring test-time augmentation: the model's own setting, always, never.
+TTA_CHOICES: tuple[str, ...] = ("model", "on", "off")
 KERAS_SUFFIXES: tuple[str, ...] = (".keras", ".h5")
 
 
@@ -199,7 +201,7 @@ def worker_command(
     *,
     model: ModelChoice | None = None,
     bias_correction: str = "auto",
-    tta: bool = False,
+    tta: str = "model",
     threads: int = 0,
     reference: str = "t1ce",
     raw: str = "off",
@@ -219,6 +221,8 @@ def worker_command(
         raise ValueError(f"reference must be one of {SEQUENCES}")
     if raw not in RAW_INPUT_CHOICES:
         raise ValueError(f"raw must be one of {RAW_INPUT_CHOICES}")
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"tta must be one of {TTA_CHOICES}")
     if components not in COMPONENT_CHOICES:
         raise ValueError(f"components must be one of {COMPONENT_CHOICES}")
     command = [*command_base, "segment"]
@@ -236,8 +240,8 @@ def worker_command(
         command += ["--model", model.path]
         if model.channels:
             command += ["--channels", ",".join(model.channels)]
-    if tta:
-        command.append("--tta")
+    if tta != "model":
+        command.append("--tta" if tta == "on" else "--no-tta")
     if raw != "off":
         command += ["--raw", raw]
     if components != "model":
