@@ -744,7 +744,7 @@ def fake_worker(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("command")
     for name in ("t1", "t1ce", "t2", "flair", "output", "reference", "labels", "bias-correction",
-                 "model", "channels", "threads"):  # fmt: skip
+                 "model", "channels", "threads", "components", "raw"):  # fmt: skip
         parser.add_argument(f"--{name}")
     for flag in ("tta", "no-tta", "no-overlay", "progress-json"):
         parser.add_argument(f"--{flag}", action="store_true")

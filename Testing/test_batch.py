@@ -69,6 +69,21 @@ def test_batch_goes_on_past_failures_and_resumes(tmp_path, tiny_model, capsys):
     assert before == {n: (out / n / "report.json").stat().st_mtime_ns for n in before}
 
 
+def test_worker_warnings_of_a_finished_case_are_in_the_status(tmp_path, tiny_model):
+    from test_pipeline import two_lesion_case
+
+    cases = tmp_path / "in"
+    two_lesion_case(cases / "two")
+    make_cases(cases, ("one",))
+    out = tmp_path / "out"
+    args = ["batch", cases, "--output", out, "--model", tiny_model, "--components", "largest"]
+    assert main([str(a) for a in args + ["--no-overlay", "--quiet"]]) == 0
+    status = read_status(out)
+    assert status["two"]["status"] == "ok"
+    assert "removed 1 other component" in status["two"]["message"]
+    assert status["one"]["status"] == "ok" and status["one"]["message"] == ""
+
+
 def test_incomplete_output_is_not_done(tmp_path):
     folder = tmp_path / "case"
     folder.mkdir()

@@ -202,6 +202,20 @@ def test_keep_largest_component_returns_what_it_removed():
     assert keep_largest_component(empty, grid)[1] == []
 
 
+def test_components_overlapping_a_mask_are_kept_whole():
+    from BrainTumorSegLib.postprocess import keep_components_overlapping
+
+    classes = np.zeros((12, 12, 12), np.uint8)
+    classes[1:5, 1:5, 1:5] = 2
+    classes[8:11, 8:11, 8:11] = 4
+    keep = np.zeros(classes.shape, bool)
+    keep[4, 4, 4] = True  # one voxel of the first component
+    kept = keep_components_overlapping(classes, keep)
+    np.testing.assert_array_equal(kept[:6], classes[:6])
+    assert not kept[6:].any()
+    assert not keep_components_overlapping(classes, np.zeros(classes.shape, bool)).any()
+
+
 def test_largest_component_option_and_model_default(tmp_path, tiny_model):
     from BrainTumorSegLib.model import load_model_spec
 

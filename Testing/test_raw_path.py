@@ -55,7 +55,8 @@ def rawlike(phantom):
 
 @pytest.fixture(scope="module")
 def raw_run(rawlike, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``braintumorseg segment --raw --save-intermediates`` on the raw-like case (run once)."""
+    """``braintumorseg segment --raw --save-intermediates --components largest`` on the raw-like
+    case (run once)."""
     from BrainTumorSegLib.cli import main
 
     folder = tmp_path_factory.mktemp("raw")
@@ -63,7 +64,7 @@ def raw_run(rawlike, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory)
     out = folder / "out"
     code = main(
         ["segment", "--input-dir", str(folder / "in"), "--output", str(out), "--quiet"]
-        + ["--model", str(tiny_model), "--raw", "--save-intermediates"]
+        + ["--model", str(tiny_model), "--raw", "--save-intermediates", "--components", "largest"]
     )
     assert code == 0
     return out
@@ -217,6 +218,25 @@ def test_segment_raw_end_to_end(rawlike, raw_run: Path) -> None:
     labels = np.asarray(seg.dataobj)
     assert labels.any()
     assert (labels[brain_on_ref == 0] > 0).mean() < 0.2
+    # One component kept on the output grid; the 1 mm labels (overlay, intermediates) keep the
+    # same lesion: each of their components overlaps it, and every removed one is reported.
+    from scipy import ndimage
+
+    from BrainTumorSegLib.conform import resample_to_grid
+    from BrainTumorSegLib.geometry import Grid
+
+    structure = np.ones((3, 3, 3))
+    assert ndimage.label(labels > 0, structure=structure)[1] == 1
+    fine = nib.load(raw_run / "intermediates" / "segmentation_1mm.nii.gz")
+    fine_grid = Grid(fine.shape, fine.affine)
+    output_grid = Grid(seg.shape, seg.affine)
+    kept = resample_to_grid((labels > 0).astype(np.uint8), output_grid, fine_grid, order=0) > 0
+    components, count = ndimage.label(np.asarray(fine.dataobj) > 0, structure=structure)
+    assert count >= 1
+    assert all((kept & (components == c)).any() for c in range(1, count + 1))
+    assert report["settings"]["keep_largest_component"] is True
+    removed = report["settings"]["removed_components_ml"]
+    assert bool(removed) == any("largest tumour component" in w for w in report["warnings"])
 
 
 def test_segment_raw_auto_on_stripped_input_is_the_normal_path(

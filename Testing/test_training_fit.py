@@ -250,6 +250,32 @@ def test_export_records_the_chosen_postprocessing_as_the_default(
         export_run(trained_run, tmp_path / "bad", checkpoint="last", postprocessing=tmp_path)
 
 
+def test_evaluate_model_follows_the_model_defaults_unless_told(
+    trained_run: Path, dataset: Path, tmp_path: Path
+):
+    from Training.cli import main
+    from Training.export import export_run
+
+    search = tmp_path / "search.json"
+    search.write_text(
+        json.dumps({"best_min_component_ml": 0.0, "best_keep_largest_component": True, "rows": []})
+    )
+    package = tmp_path / "package"
+    export_run(trained_run, package, checkpoint="last", postprocessing=search, tta=True)
+    runs = {"defaults": [], "told": ["--no-tta", "--components", "all"]}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        args = ["evaluate", str(dataset), "--model", str(package), "--output", str(out), *extra]
+        assert main(args) == 0
+        reports = [json.loads(p.read_text()) for p in out.glob("predictions/*/report.json")]
+        assert len(reports) == 3
+        settings = {
+            (r["settings"]["test_time_augmentation"], r["settings"]["keep_largest_component"])
+            for r in reports
+        }
+        assert settings == ({(True, True)} if name == "defaults" else {(False, False)})
+
+
 def test_export_round_trips_through_the_core(trained_run: Path, dataset: Path, tmp_path: Path):
     import keras
     import onnxruntime as ort

@@ -85,6 +85,14 @@ def is_done(case_output: Path) -> bool:
     return bool(names) and all((case_output / name).is_file() for name in names)
 
 
+def _report_warnings(case_output: Path) -> list[str]:
+    try:
+        report = json.loads((case_output / REPORT_JSON).read_text(encoding="utf-8"))
+        return [str(w) for w in report.get("warnings") or []]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+
+
 def segment_options(args: argparse.Namespace) -> list[str]:
     """The ``segment`` options the user gave to ``batch``, as command-line arguments.
 
@@ -173,7 +181,9 @@ def _outcome(worker: _Worker, code: int, output_dir: Path) -> CaseStatus:
     seconds = round(time.monotonic() - worker.started, 1)
     case_output = output_dir / worker.case.name
     if code == 0 and is_done(case_output):
-        return CaseStatus(worker.case.name, "ok", "", seconds, str(case_output))
+        # The worker ran --quiet: its warnings (e.g. removed tumour components) go in the CSV.
+        message = " | ".join(_report_warnings(case_output))
+        return CaseStatus(worker.case.name, "ok", message, seconds, str(case_output))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     if errors:

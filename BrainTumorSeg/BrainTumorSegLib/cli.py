@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import CancelledError, InputError
@@ -25,6 +26,22 @@ def _channels(text: str) -> list[str]:
             f"channels must be a comma-separated list of {', '.join(SEQUENCES)}"
         )
     return items
+
+
+def add_tta_switch(parser: Any, prefix: str = "") -> None:
+    """``--tta`` / ``--no-tta`` (dest ``tta``: True, False, or None for the model's setting)."""
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument(
+        "--tta",
+        action="store_const",
+        const=True,
+        default=None,
+        help=f"{prefix}mirroring test-time augmentation: 8 network passes averaged "
+        "(default: the model's own setting in model.json)",
+    )
+    tta.add_argument(
+        "--no-tta", dest="tta", action="store_const", const=False, help="one network pass"
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -60,18 +77,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     options.add_argument(
         "--bias-backend", choices=("ants", "sitk"), default=None, help=argparse.SUPPRESS
     )
-    tta = options.add_mutually_exclusive_group()
-    tta.add_argument(
-        "--tta",
-        action="store_const",
-        const=True,
-        default=None,
-        help="mirroring test-time augmentation: 8 network passes averaged "
-        "(default: the model's own setting in model.json)",
-    )
-    tta.add_argument(
-        "--no-tta", dest="tta", action="store_const", const=False, help="one network pass"
-    )
+    add_tta_switch(options)
     options.add_argument(
         "--threads", type=int, default=None, metavar="N", help="CPU threads for inference"
     )

@@ -27,7 +27,9 @@ from .postprocess import (
     clean_components,
     clear_outside_brain,
     foreground_channels,
+    keep_components_overlapping,
     labels_from_output,
+    remove_small_components,
 )
 from .preprocess import brain_mask, preprocess
 from .progress import Progress
@@ -237,13 +239,19 @@ def segment(
                 restore_to_input_grid(foreground, prepared.grid, work_grid), spec
             )
             work_classes = clear_outside_brain(work_classes, raw_prepared.brain_mask)
-            work_classes, _ = clean_components(
-                work_classes, work_grid, min_component_ml, keep_largest_component
-            )
         classes = clear_outside_brain(classes, brain)
         classes, removed_ml = clean_components(
             classes, ref.grid, min_component_ml, keep_largest_component
         )
+        if raw_prepared is not None:
+            work_classes = remove_small_components(work_classes, work_grid, min_component_ml)
+            if keep_largest_component:
+                # The output grid decides which lesion is kept; the 1 mm labels follow it, so
+                # that the overlay and the intermediates show what segmentation.nii.gz holds.
+                kept = resample_to_grid(
+                    (classes > 0).astype(np.uint8), ref.grid, work_grid, order=0
+                )
+                work_classes = keep_components_overlapping(work_classes, kept > 0)
         if removed_ml:
             kept_ml = float(np.count_nonzero(classes)) * ref.grid.voxel_volume_ml
             sizes = ", ".join(f"{v:.1f}" for v in removed_ml[:5])
@@ -251,7 +259,8 @@ def segment(
             warnings.append(
                 f"kept the largest tumour component ({kept_ml:.1f} mL) and removed "
                 f"{len(removed_ml)} other component(s) of {sizes}{more} mL; for a multifocal "
-                "tumour run again keeping all components (--components all)"
+                "tumour run again keeping all components (--components all; in Slicer, "
+                "Tumour components: all)"
             )
 
     settings = {

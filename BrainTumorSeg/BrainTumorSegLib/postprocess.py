@@ -88,6 +88,19 @@ def keep_largest_component(classes: np.ndarray, grid: Grid) -> tuple[np.ndarray,
     return out, removed
 
 
+def keep_components_overlapping(classes: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Keep the tumour components that overlap the boolean mask ``keep``, whole.
+
+    Carries a component choice made on one grid to labels on another: ``keep`` is the chosen
+    tumour resampled onto this grid, and each component keeps its own shape here.
+    """
+    components, count = ndimage.label(classes > 0, structure=_CONNECTIVITY)
+    if count == 0:
+        return classes
+    kept = np.unique(components[keep & (components > 0)])
+    return np.where(np.isin(components, kept), classes, 0).astype(classes.dtype, copy=False)
+
+
 def clean_components(
     classes: np.ndarray, grid: Grid, min_volume_ml: float, keep_largest: bool
 ) -> tuple[np.ndarray, list[float]]:
