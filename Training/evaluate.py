@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from BrainTumorSegLib.cli import add_tta_switch
+from BrainTumorSegLib.cli import add_model_default_options, model_default_overrides
 from BrainTumorSegLib.conform import resample_to_grid
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.labels import REGIONS, convention_to_classes
@@ -169,13 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.model:
         cases = [c for c in find_cases(args.dataset) if case_ids is None or c.case_id in case_ids]
         # None keeps the model's own defaults, as `segment` runs it.
-        largest = {"largest": True, "all": False, None: None}[args.components]
-        options = {
-            key: value
-            for key, value in (("tta", args.tta), ("keep_largest_component", largest))
-            if value is not None
-        }
-        predictions = run_model(args.model, cases, out_dir, **options)
+        predictions = run_model(args.model, cases, out_dir, **model_default_overrides(args))
     if predictions is None:
         raise InputError("give --predictions DIR or --model PACKAGE")
     summary = evaluate(
@@ -208,11 +202,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", help="split.json of a training run: evaluate only one subset")
     p.add_argument("--subset", default="validation", choices=["training", "validation"])
-    add_tta_switch(p, "with --model: ")
-    p.add_argument(
-        "--components",
-        choices=["largest", "all"],
-        default=None,
-        help="with --model: keep the largest tumour component or all (default: the model's)",
-    )
+    add_model_default_options(p, "with --model: ")
     p.set_defaults(func=cmd_evaluate)

@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from .errors import InputError
 from .load import strip_image_suffix
+from .report import report_warnings
 from .write import (
     REPORT_JSON,
     STAGING_PREFIX,
@@ -74,23 +75,21 @@ def find_cases(input_dir: Path, output_dir: Path | None = None) -> list[Path]:
     return cases
 
 
-def is_done(case_output: Path) -> bool:
-    """True when ``case_output`` holds a complete result: a readable report and every file it
-    lists (looked up by name, so a moved output folder still counts)."""
+def _finished_report(case_output: Path) -> dict[str, Any] | None:
+    """The report of a complete result in ``case_output`` (a readable report and every file it
+    lists, looked up by name so a moved output folder still counts), else None."""
     try:
         report = json.loads((case_output / REPORT_JSON).read_text(encoding="utf-8"))
         names = [Path(p).name for p in report["outputs"].values()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-    return bool(names) and all((case_output / name).is_file() for name in names)
+        return None
+    complete = bool(names) and all((case_output / name).is_file() for name in names)
+    return report if complete else None
 
 
-def _report_warnings(case_output: Path) -> list[str]:
-    try:
-        report = json.loads((case_output / REPORT_JSON).read_text(encoding="utf-8"))
-        return [str(w) for w in report.get("warnings") or []]
-    except (OSError, ValueError, TypeError, AttributeError):
-        return []
+def is_done(case_output: Path) -> bool:
+    """True when ``case_output`` holds a complete result."""
+    return _finished_report(case_output) is not None
 
 
 def segment_options(args: argparse.Namespace) -> list[str]:
@@ -180,9 +179,10 @@ def _outcome(worker: _Worker, code: int, output_dir: Path) -> CaseStatus:
     worker.stderr.close()
     seconds = round(time.monotonic() - worker.started, 1)
     case_output = output_dir / worker.case.name
-    if code == 0 and is_done(case_output):
+    report = _finished_report(case_output) if code == 0 else None
+    if report is not None:
         # The worker ran --quiet: its warnings (e.g. removed tumour components) go in the CSV.
-        message = " | ".join(_report_warnings(case_output))
+        message = " | ".join(report_warnings(report))
         return CaseStatus(worker.case.name, "ok", message, seconds, str(case_output))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]

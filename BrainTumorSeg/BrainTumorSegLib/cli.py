@@ -28,8 +28,9 @@ def _channels(text: str) -> list[str]:
     return items
 
 
-def add_tta_switch(parser: Any, prefix: str = "") -> None:
-    """``--tta`` / ``--no-tta`` (dest ``tta``: True, False, or None for the model's setting)."""
+def add_model_default_options(parser: Any, prefix: str = "") -> None:
+    """``--tta`` / ``--no-tta`` and ``--components``: override what ``model.json`` chose;
+    :func:`model_default_overrides` turns them into ``segment`` arguments."""
     tta = parser.add_mutually_exclusive_group()
     tta.add_argument(
         "--tta",
@@ -42,6 +43,19 @@ def add_tta_switch(parser: Any, prefix: str = "") -> None:
     tta.add_argument(
         "--no-tta", dest="tta", action="store_const", const=False, help="one network pass"
     )
+    parser.add_argument(
+        "--components",
+        choices=("largest", "all"),
+        default=None,
+        help=f"{prefix}keep only the largest tumour component, or all of them (multifocal "
+        "tumours); default: the model's own setting in model.json",
+    )
+
+
+def model_default_overrides(args: argparse.Namespace) -> dict[str, bool | None]:
+    """``segment``'s ``tta`` and ``keep_largest_component`` from the options (None: the model's)."""
+    largest = {None: None, "largest": True, "all": False}[args.components]
+    return {"tta": args.tta, "keep_largest_component": largest}
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +91,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     options.add_argument(
         "--bias-backend", choices=("ants", "sitk"), default=None, help=argparse.SUPPRESS
     )
-    add_tta_switch(options)
+    add_model_default_options(options)
     options.add_argument(
         "--threads", type=int, default=None, metavar="N", help="CPU threads for inference"
     )
@@ -88,13 +102,6 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="ML",
         help="remove tumour islands smaller than this volume (mL); 0 keeps all "
         "(default: the model's own setting in model.json)",
-    )
-    options.add_argument(
-        "--components",
-        choices=("largest", "all"),
-        default=None,
-        help="keep only the largest tumour component, or all of them (multifocal tumours); "
-        "default: the model's own setting in model.json",
     )
     options.add_argument(
         "--memory-budget-gb",
@@ -236,10 +243,9 @@ def _run_segment(args: argparse.Namespace) -> int:
             labels=args.labels,
             bias_correction=bias,
             bias_backend=args.bias_backend,
-            tta=args.tta,
             threads=args.threads,
             min_component_ml=args.min_component_ml,
-            keep_largest_component={None: None, "largest": True, "all": False}[args.components],
+            **model_default_overrides(args),
             memory_budget_gb=args.memory_budget_gb,
             overlay=not args.no_overlay,
             progress=progress,

@@ -86,3 +86,10 @@ def build_report(
         "timings_s": timings,
         "warnings": warnings,
     }
+
+
+def report_warnings(report: Any) -> list[str]:
+    """The warnings of a parsed ``report.json`` (e.g. tumour components that were removed);
+    an unreadable or missing report (None) has none."""
+    warnings = report.get("warnings") if isinstance(report, dict) else None
+    return [str(w) for w in warnings] if isinstance(warnings, list) else []

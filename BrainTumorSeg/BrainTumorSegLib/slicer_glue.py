@@ -27,6 +27,7 @@ from typing import Any
 
 from .labels import CONVENTIONS, LABEL_BY_KEY, LABELS, REGION_NAMES, REGIONS, terminology_entry
 from .load import SEQUENCE_TITLES, SEQUENCES, match_sequence
+from .report import report_warnings  # noqa: F401 - the module reads the worker's warnings
 
 # The worker writes labels in this convention so that label value == class index (1..3),
 # which lets the module turn label values into segments without a lookup.
@@ -554,12 +555,6 @@ def read_report(output_dir: str | Path) -> dict[str, Any] | None:
         return json.loads((Path(output_dir) / REPORT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def report_warnings(report: Mapping[str, Any] | None) -> list[str]:
-    """The worker's warnings (e.g. tumour components it removed), for the module's log."""
-    warnings = (report or {}).get("warnings") or []
-    return [str(w) for w in warnings] if isinstance(warnings, list) else []
 
 
 def result_segmentation_path(output_dir: str | Path, done: ProgressEvent | None) -> Path:
