@@ -42,6 +42,7 @@ def test_seed_config_reproduces_seed_network():
         ("model.channels=[t1,t1]", "channels"),
         ("training.epoch=3", "unknown keys"),
         ("split.fold=7", "split.fold"),
+        ("data.foreground_sampling=label", "data.foreground_sampling"),
     ],
 )
 def test_bad_configs_are_rejected(override, message):
@@ -152,6 +153,53 @@ def test_tumour_biased_centres():
     anywhere = [augment.choose_centre((40, 40, 40), (8, 8, 8), tumour, 0.0, rng) for _ in range(50)]
     assert all(3.5 <= v <= 35.5 for c in anywhere for v in c)
     assert len({c for c in anywhere}) == 50
+
+
+def test_class_balanced_centres_see_a_rare_class_as_often_as_a_common_one():
+    rng = np.random.default_rng(2)
+    # 98 edema voxels and 2 enhancing voxels, as in a lower-grade glioma
+    tumour = np.array([[i % 10, i // 10, 5] for i in range(100)])
+    classes = np.array([2] * 98 + [3] * 2)
+    enhancing = {tuple(float(v) for v in p) for p in tumour[classes == 3]}
+    by_class = [
+        augment.choose_centre((40, 40, 40), (8, 8, 8), tumour, 1.0, rng, classes)
+        for _ in range(2000)
+    ]
+    share = np.mean([c in enhancing for c in by_class])
+    assert 0.45 < share < 0.55  # two classes present, each drawn half of the time
+    any_voxel = [
+        augment.choose_centre((40, 40, 40), (8, 8, 8), tumour, 1.0, rng) for _ in range(2000)
+    ]
+    assert np.mean([c in enhancing for c in any_voxel]) < 0.05
+
+
+def test_case_store_reads_the_class_of_each_tumour_voxel(tmp_path):
+    from Training.pipeline import CaseStore, training_patches
+
+    labels = np.zeros((16, 16, 16), np.uint8)
+    labels[4:8, 4:8, 4:8] = 2
+    labels[5, 5, 5] = 3
+    np.save(tmp_path / "A_labels.npy", labels)
+    np.save(tmp_path / "A_image.npy", np.random.default_rng(0).random((16, 16, 16, 1), np.float32))
+    np.save(tmp_path / "A_tumour.npy", np.argwhere(labels > 0).astype(np.int16))
+    store = CaseStore(tmp_path, ["A"])
+    assert sorted(np.unique(store.tumour_classes("A"), return_counts=True)[1]) == [1, 63]
+    config = Config.from_dict(
+        {
+            "model": {"channels": ["flair"], "spacing_mm": [1, 1, 1], "output": "sigmoid"},
+            "network": {"filters": [4, 8]},
+            "data": {"patch_size": [2, 2, 2], "foreground_probability": 1.0},
+            "augment": {"flip": False, "spatial_probability": 0.0, "gamma_probability": 0.0},
+        }
+    )
+    config.data.foreground_sampling = "class"
+    patches = training_patches(store, config, seed=0)
+    # a 2-voxel patch centred on the enhancing voxel holds it; on edema only if next to it
+    et = [next(patches)[1][..., 2].any() for _ in range(200)]
+    assert 0.4 < np.mean(et) < 0.7
+    config.data.foreground_sampling = "tumour"
+    patches = training_patches(store, config, seed=0)
+    assert np.mean([next(patches)[1][..., 2].any() for _ in range(200)]) < 0.3
 
 
 def test_intensity_parameters_are_applied_exactly():

@@ -45,13 +45,23 @@ def choose_centre(
     foreground: np.ndarray,
     foreground_probability: float,
     rng: np.random.Generator,
+    foreground_classes: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """A patch centre: on a random tumour voxel with ``foreground_probability``, else anywhere.
 
-    ``foreground`` holds (N, 3) voxel coordinates of tumour voxels (may be empty).
+    ``foreground`` holds (N, 3) voxel coordinates of tumour voxels (may be empty). With
+    ``foreground_classes`` (the class of each of those voxels) a class present among them is
+    drawn first, each equally likely, then one of its voxels.
     """
     if len(foreground) and rng.random() < foreground_probability:
-        return tuple(float(v) for v in foreground[rng.integers(len(foreground))])
+        if foreground_classes is None:
+            index = rng.integers(len(foreground))
+        else:
+            present = np.unique(foreground_classes)
+            chosen = present[rng.integers(len(present))]
+            candidates = np.flatnonzero(foreground_classes == chosen)
+            index = candidates[rng.integers(len(candidates))]
+        return tuple(float(v) for v in foreground[index])
     # Anywhere such that the patch stays inside the volume when it fits.
     centre = []
     for size, p in zip(shape[:3], patch):

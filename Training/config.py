@@ -72,6 +72,10 @@ class DataConfig:
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
     batch_size: int = 2
     foreground_probability: float = 0.5  # share of patches centred on a tumour voxel
+    # tumour: the centre is any tumour voxel (edema dominates); class: first a tumour class
+    # present in the case, each equally likely, then one of its voxels (as nnU-Net samples),
+    # so that the small necrotic and enhancing parts are seen as often as the edema
+    foreground_sampling: str = "tumour"
     steps_per_epoch: int | None = None  # None: one pass over the training cases
     validation_every: int = 1  # epochs between validation passes
     prefetch: int = 2
@@ -84,6 +88,9 @@ class DataConfig:
             raise ValueError(f"data.loader must be auto, tfdata or python, not {self.loader!r}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f"data.patch_size {self.patch_size} must be three positive sizes")
+        if self.foreground_sampling not in ("tumour", "class"):
+            choice = self.foreground_sampling
+            raise ValueError(f"data.foreground_sampling must be tumour or class, not {choice!r}")
         if self.batch_size < 1 or not 0 <= self.foreground_probability <= 1:
             raise ValueError("data.batch_size must be >= 1 and foreground_probability in [0, 1]")
 

@@ -31,6 +31,7 @@ class CaseStore:
         missing = [c for c in self.case_ids if not (self.folder / f"{c}_labels.npy").is_file()]
         if missing:
             raise FileNotFoundError(f"cases {missing} are not prepared in {self.folder}")
+        self._tumour_classes: dict[str, np.ndarray] = {}
 
     def image(self, case_id: str) -> np.ndarray:
         return np.load(self.folder / f"{case_id}_image.npy", mmap_mode="r")
@@ -40,6 +41,13 @@ class CaseStore:
 
     def tumour(self, case_id: str) -> np.ndarray:
         return np.load(self.folder / f"{case_id}_tumour.npy")
+
+    def tumour_classes(self, case_id: str) -> np.ndarray:
+        """The class of each of :meth:`tumour`'s voxels (read once per case, then kept)."""
+        if case_id not in self._tumour_classes:
+            points = self.tumour(case_id).astype(np.intp)
+            self._tumour_classes[case_id] = np.asarray(self.labels(case_id)[tuple(points.T)])
+        return self._tumour_classes[case_id]
 
 
 def encode_target(classes: np.ndarray, output: dict[str, Any]) -> np.ndarray:
@@ -59,8 +67,14 @@ def training_patches(
     while True:
         case_id = store.case_ids[rng.integers(len(store.case_ids))]
         image, labels = store.image(case_id), store.labels(case_id)
+        by_class = config.data.foreground_sampling == "class"
         centre = augment.choose_centre(
-            image.shape, patch, store.tumour(case_id), config.data.foreground_probability, rng
+            image.shape,
+            patch,
+            store.tumour(case_id),
+            config.data.foreground_probability,
+            rng,
+            store.tumour_classes(case_id) if by_class else None,
         )
         spatial = augment.draw_spatial(centre, config.augment, rng)
         x, y = augment.extract_patch(image, labels, patch, spatial)
