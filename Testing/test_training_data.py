@@ -148,9 +148,11 @@ def test_rotation_by_90_degrees_permutes_axes():
 def test_tumour_biased_centres():
     rng = np.random.default_rng(1)
     tumour = np.array([[10, 11, 12]])
-    centres = [augment.choose_centre((40, 40, 40), (8, 8, 8), tumour, 1.0, rng) for _ in range(5)]
+    centres = [augment.choose_centre((40, 40, 40), (8, 8, 8), [tumour], 1.0, rng) for _ in range(5)]
     assert all(c == (10.0, 11.0, 12.0) for c in centres)
-    anywhere = [augment.choose_centre((40, 40, 40), (8, 8, 8), tumour, 0.0, rng) for _ in range(50)]
+    anywhere = [
+        augment.choose_centre((40, 40, 40), (8, 8, 8), [tumour], 0.0, rng) for _ in range(50)
+    ]
     assert all(3.5 <= v <= 35.5 for c in anywhere for v in c)
     assert len({c for c in anywhere}) == 50
 
@@ -161,19 +163,20 @@ def test_class_balanced_centres_see_a_rare_class_as_often_as_a_common_one():
     tumour = np.array([[i % 10, i // 10, 5] for i in range(100)])
     classes = np.array([2] * 98 + [3] * 2)
     enhancing = {tuple(float(v) for v in p) for p in tumour[classes == 3]}
+    by_class_groups = [tumour[classes == 2], tumour[classes == 3], tumour[:0]]  # one empty
     by_class = [
-        augment.choose_centre((40, 40, 40), (8, 8, 8), tumour, 1.0, rng, classes)
+        augment.choose_centre((40, 40, 40), (8, 8, 8), by_class_groups, 1.0, rng)
         for _ in range(2000)
     ]
     share = np.mean([c in enhancing for c in by_class])
     assert 0.45 < share < 0.55  # two classes present, each drawn half of the time
     any_voxel = [
-        augment.choose_centre((40, 40, 40), (8, 8, 8), tumour, 1.0, rng) for _ in range(2000)
+        augment.choose_centre((40, 40, 40), (8, 8, 8), [tumour], 1.0, rng) for _ in range(2000)
     ]
     assert np.mean([c in enhancing for c in any_voxel]) < 0.05
 
 
-def test_case_store_reads_the_class_of_each_tumour_voxel(tmp_path):
+def test_case_store_groups_tumour_voxels_by_class(tmp_path):
     from Training.pipeline import CaseStore, training_patches
 
     labels = np.zeros((16, 16, 16), np.uint8)
@@ -183,16 +186,20 @@ def test_case_store_reads_the_class_of_each_tumour_voxel(tmp_path):
     np.save(tmp_path / "A_image.npy", np.random.default_rng(0).random((16, 16, 16, 1), np.float32))
     np.save(tmp_path / "A_tumour.npy", np.argwhere(labels > 0).astype(np.int16))
     store = CaseStore(tmp_path, ["A"])
-    assert sorted(np.unique(store.tumour_classes("A"), return_counts=True)[1]) == [1, 63]
+    assert sorted(len(g) for g in store.tumour_groups("A", by_class=True)) == [1, 63]
+    assert [len(g) for g in store.tumour_groups("A", by_class=False)] == [64]
     config = Config.from_dict(
         {
             "model": {"channels": ["flair"], "spacing_mm": [1, 1, 1], "output": "sigmoid"},
             "network": {"filters": [4, 8]},
-            "data": {"patch_size": [2, 2, 2], "foreground_probability": 1.0},
+            "data": {
+                "patch_size": [2, 2, 2],
+                "foreground_probability": 1.0,
+                "foreground_sampling": "class",
+            },
             "augment": {"flip": False, "spatial_probability": 0.0, "gamma_probability": 0.0},
         }
     )
-    config.data.foreground_sampling = "class"
     patches = training_patches(store, config, seed=0)
     # a 2-voxel patch centred on the enhancing voxel holds it; on edema only if next to it
     et = [next(patches)[1][..., 2].any() for _ in range(200)]

@@ -7,6 +7,7 @@ draw can be reproduced from a seed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,26 +43,20 @@ class IntensityParams:
 def choose_centre(
     shape: tuple[int, ...],
     patch: tuple[int, int, int],
-    foreground: np.ndarray,
+    foreground: Sequence[np.ndarray],
     foreground_probability: float,
     rng: np.random.Generator,
-    foreground_classes: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """A patch centre: on a random tumour voxel with ``foreground_probability``, else anywhere.
 
-    ``foreground`` holds (N, 3) voxel coordinates of tumour voxels (may be empty). With
-    ``foreground_classes`` (the class of each of those voxels) a class present among them is
-    drawn first, each equally likely, then one of its voxels.
+    ``foreground`` holds groups of (N, 3) tumour voxel coordinates (all tumour voxels as one
+    group, or one group per tumour class): a non-empty group is drawn first, each equally
+    likely, then one of its voxels.
     """
-    if len(foreground) and rng.random() < foreground_probability:
-        if foreground_classes is None:
-            index = rng.integers(len(foreground))
-        else:
-            present = np.unique(foreground_classes)
-            chosen = present[rng.integers(len(present))]
-            candidates = np.flatnonzero(foreground_classes == chosen)
-            index = candidates[rng.integers(len(candidates))]
-        return tuple(float(v) for v in foreground[index])
+    groups = [g for g in foreground if len(g)]
+    if groups and rng.random() < foreground_probability:
+        group = groups[rng.integers(len(groups))]
+        return tuple(float(v) for v in group[rng.integers(len(group))])
     # Anywhere such that the patch stays inside the volume when it fits.
     centre = []
     for size, p in zip(shape[:3], patch):

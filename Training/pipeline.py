@@ -31,7 +31,7 @@ class CaseStore:
         missing = [c for c in self.case_ids if not (self.folder / f"{c}_labels.npy").is_file()]
         if missing:
             raise FileNotFoundError(f"cases {missing} are not prepared in {self.folder}")
-        self._tumour_classes: dict[str, np.ndarray] = {}
+        self._tumour_groups: dict[tuple[str, bool], list[np.ndarray]] = {}
 
     def image(self, case_id: str) -> np.ndarray:
         return np.load(self.folder / f"{case_id}_image.npy", mmap_mode="r")
@@ -39,15 +39,20 @@ class CaseStore:
     def labels(self, case_id: str) -> np.ndarray:
         return np.load(self.folder / f"{case_id}_labels.npy", mmap_mode="r")
 
-    def tumour(self, case_id: str) -> np.ndarray:
-        return np.load(self.folder / f"{case_id}_tumour.npy")
+    def tumour_groups(self, case_id: str, by_class: bool) -> list[np.ndarray]:
+        """The case's stored tumour voxels, as one group or one group per tumour class.
 
-    def tumour_classes(self, case_id: str) -> np.ndarray:
-        """The class of each of :meth:`tumour`'s voxels (read once per case, then kept)."""
-        if case_id not in self._tumour_classes:
-            points = self.tumour(case_id).astype(np.intp)
-            self._tumour_classes[case_id] = np.asarray(self.labels(case_id)[tuple(points.T)])
-        return self._tumour_classes[case_id]
+        Read and grouped once per case, then kept: patch sampling asks for them every patch.
+        """
+        key = (case_id, by_class)
+        if key not in self._tumour_groups:
+            points = np.load(self.folder / f"{case_id}_tumour.npy")
+            if by_class:
+                classes = np.asarray(self.labels(case_id)[tuple(points.astype(np.intp).T)])
+                self._tumour_groups[key] = [points[classes == c] for c in np.unique(classes)]
+            else:
+                self._tumour_groups[key] = [points]
+        return self._tumour_groups[key]
 
 
 def encode_target(classes: np.ndarray, output: dict[str, Any]) -> np.ndarray:
@@ -64,17 +69,16 @@ def training_patches(
     rng = np.random.default_rng(seed)
     patch = tuple(config.data.patch_size)
     output = config.model["output"]
+    by_class = config.data.foreground_sampling == "class"
     while True:
         case_id = store.case_ids[rng.integers(len(store.case_ids))]
         image, labels = store.image(case_id), store.labels(case_id)
-        by_class = config.data.foreground_sampling == "class"
         centre = augment.choose_centre(
             image.shape,
             patch,
-            store.tumour(case_id),
+            store.tumour_groups(case_id, by_class),
             config.data.foreground_probability,
             rng,
-            store.tumour_classes(case_id) if by_class else None,
         )
         spatial = augment.draw_spatial(centre, config.augment, rng)
         x, y = augment.extract_patch(image, labels, patch, spatial)
