@@ -134,6 +134,24 @@ def test_prepare_reads_brats2023_layout(tmp_path: Path):
     assert set(np.unique(labels)) == {0, 1, 2, 3}  # label 3 read as ET, not rejected
 
 
+def test_prepare_runs_side_by_side_on_one_cache(prepared: Path, dataset: Path):
+    """Two runs sharing a cache (crossval --only 1 and --only 2) both rewrite its manifest."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from Training.prepare import prepare_dataset, read_manifest
+
+    config = Config.from_dict(TINY)
+
+    def rerun(_: int) -> None:
+        for _ in range(40):
+            prepare_dataset(dataset, prepared.parent, config, progress=False)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(rerun, range(2)))  # re-raises a writer's error
+    assert sorted(read_manifest(prepared)["cases"]) == [f"Synth_{n}" for n in range(3)]
+    assert not list(prepared.glob("*.tmp"))  # no writer's temporary file is left behind
+
+
 @pytest.fixture(scope="module")
 def trained_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from Training.fit import fit

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -47,14 +48,23 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A new file next to ``path``, unique to this writer.
+
+    Two runs sharing a cache (``crossval --only`` of different folds side by side) write the
+    same manifest; a fixed temporary name would let one rename the other's file away.
+    """
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = _temporary_beside(path)
     tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)  # a reader never sees a half-written manifest
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temporary_beside(path)
     with open(tmp, "wb") as f:
         np.save(f, array)
     os.replace(tmp, path)
