@@ -579,6 +579,12 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
     )
     summary = crossvalidate(Config.from_dict(data), dataset, prepared.parent, runs, folds=3)
     assert summary is not None and summary["dice_WT"]["n"] == 3
+    # Another prediction set (mirroring TTA) for fold 0 only: folds 1 and 2 have packages but
+    # no held-out case in this set yet, so no partial summary is written.
+    again = crossvalidate(
+        Config.from_dict(data), dataset, prepared.parent, runs, folds=3, only=[0], tta=True
+    )
+    assert again is None and not (runs / "out-of-fold-tta" / "summary.csv").exists()
     held_out = [json.loads((runs / f"fold{k}" / "split.json").read_text()) for k in range(3)]
     assert sorted(c for h in held_out for c in h["validation"]) == [
         "Synth_0",

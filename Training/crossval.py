@@ -64,7 +64,11 @@ def crossvalidate(
     for fold in range(folds):
         run_dir = runs / f"fold{fold}"
         if only is not None and fold not in only:
-            if (run_dir / "package" / "model.json").is_file():
+            # Done only with its held-out predictions in this prediction set: a fold run
+            # copied or extended from another set has a package but none of them yet.
+            if (run_dir / "package" / "model.json").is_file() and all(
+                (predictions / c / "segmentation.nii.gz").is_file() for c in _held_out(run_dir)
+            ):
                 done.append(fold)
             continue
         print(f"fold {fold + 1}/{folds}: {run_dir}")
