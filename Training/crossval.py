@@ -51,7 +51,7 @@ def crossvalidate(
     import keras
 
     from .dataset import find_cases
-    from .evaluate import evaluate, run_model
+    from .evaluate import evaluate, run_model, segmented_file
     from .export import export_run
     from .fit import fit
     from .prepare import prepare_dataset
@@ -67,7 +67,7 @@ def crossvalidate(
             # Done only with its held-out predictions in this prediction set: a fold run
             # copied or extended from another set has a package but none of them yet.
             if (run_dir / "package" / "model.json").is_file() and all(
-                (predictions / c / "segmentation.nii.gz").is_file() for c in _held_out(run_dir)
+                segmented_file(predictions, c).is_file() for c in _held_out(run_dir)
             ):
                 done.append(fold)
             continue

@@ -27,9 +27,14 @@ from .dataset import Case, detect_convention, find_cases
 from .metrics import MEASURES, score_case, summarise
 
 
+def segmented_file(folder: Path, case_id: str) -> Path:
+    """Where :func:`run_model` writes the label map of ``case_id`` (``segment``'s layout)."""
+    return folder / case_id / "segmentation.nii.gz"
+
+
 def find_prediction(folder: Path, case_id: str) -> Path | None:
     """The prediction file of ``case_id`` in ``folder``, in any of the accepted layouts."""
-    candidates = [folder / case_id / "segmentation.nii.gz"]
+    candidates = [segmented_file(folder, case_id)]
     for suffix in (".nii.gz", ".nii", ".nrrd"):
         candidates += [
             folder / f"{case_id}{suffix}",
@@ -72,11 +77,10 @@ def run_model(model: str, cases: list[Case], out_dir: Path, **options: Any) -> P
 
     folder = out_dir / "predictions"
     for case in tqdm(cases, desc="segment", unit="case"):
-        target = folder / case.case_id
-        if (target / "segmentation.nii.gz").is_file():
+        if segmented_file(folder, case.case_id).is_file():
             continue
         images = {k: str(v) for k, v in case.images.items()}
-        segment(images, target, model=model, overlay=False, **options)
+        segment(images, folder / case.case_id, model=model, overlay=False, **options)
     return folder
 
 
