@@ -322,6 +322,8 @@ def main() -> int:
         },
         "case": str(args.case),
         "model": f"{spec.name} {spec.version}",
+        # "inference alone" times one pass of the first network; end to end runs them all.
+        "networks": len(spec.network_paths),
     }
     rows = []
 
@@ -339,7 +341,8 @@ def main() -> int:
         return entry
 
     print(
-        f"Benchmark on {args.case.name}, model {figures['model']}, {args.threads} threads",
+        f"Benchmark on {args.case.name}, model {figures['model']} "
+        f"({figures['networks']} network(s)), {args.threads} threads",
         file=sys.stderr,
     )
     seed = (
@@ -378,7 +381,10 @@ def main() -> int:
         }
     )
 
-    print(f"\nMachine: {figures['machine']}\nCase: {args.case}\nModel: {figures['model']}\n")
+    print(
+        f"\nMachine: {figures['machine']}\nCase: {args.case}\nModel: {figures['model']}, "
+        f"{figures['networks']} network(s) (inference alone: one pass of the first)\n"
+    )
     print("| measurement | median ± half-range | peak RSS |\n|---|---|---|")
     for label, seconds, peak in rows:
         print(f"| {label} | {seconds} | {peak} |")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras-i
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from BrainTumorSegLib.errors import InputError  # noqa: E402
 from Training.config import Config  # noqa: E402
 
 TINY = {
@@ -599,6 +601,22 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
         assert package["training"]["checkpoint"] == "last"
     rows = (runs / "out-of-fold" / "cases.csv").read_text().splitlines()
     assert len(rows) == 4 and (runs / "out-of-fold" / "boxplot.png").is_file()
+
+    # Fold-by-fold ensembles of two runs with the same folds (here the run with a copy of
+    # itself: the average of a network with itself is that network) score the same cases.
+    from Training.ensemble import crossval_ensemble
+
+    twin = tmp_path / "cv-twin"
+    shutil.copytree(runs, twin)
+    ensembled = crossval_ensemble([runs, twin], dataset, tmp_path / "ens")
+    assert (tmp_path / "ens" / "fold2" / "model-2.onnx").is_file()
+    assert (tmp_path / "ens" / "out-of-fold" / "cases.csv").read_text().splitlines() == rows
+    assert ensembled["dice_WT"] == summary["dice_WT"]
+    (twin / "fold1" / "split.json").write_text(
+        json.dumps({**held_out[1], "validation": held_out[0]["validation"]})
+    )
+    with pytest.raises(InputError, match="other cases"):
+        crossval_ensemble([runs, twin], dataset, tmp_path / "ens-bad")
 
 
 def test_fit_refuses_a_cache_from_an_older_core_preprocessing(prepared: Path, tmp_path: Path):

@@ -32,14 +32,18 @@ def _weights(channels: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return w, b
 
 
-def build_tiny_onnx(path: Path, channels: list[str] | None = None, *, fixed_shape=None) -> Path:
-    """Write the network to ``path`` (opset 17)."""
+def build_tiny_onnx(
+    path: Path, channels: list[str] | None = None, *, fixed_shape=None, sharpness: float = 1.0
+) -> Path:
+    """Write the network to ``path`` (opset 17); ``sharpness`` scales its logits, so two
+    values give two networks with different probabilities (an ensemble's members)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     channels = channels or CHANNELS
     c = len(channels)
     w, b = _weights(channels)
+    w, b = w * np.float32(sharpness), b * np.float32(sharpness)
     smooth = np.full((c, 1, 3, 3, 3), 1.0 / 27.0, np.float32)
     spatial = list(fixed_shape) if fixed_shape else ["x", "y", "z"]
     nodes = [

@@ -106,9 +106,19 @@ def _held_out(run_dir: Path) -> list[str]:
     return json.loads((run_dir / "split.json").read_text(encoding="utf-8"))["validation"]
 
 
-def cmd_crossval(args: argparse.Namespace) -> int:
+def print_out_of_fold(summary: dict[str, Any]) -> None:
+    """Mean and median Dice and HD95 per region of an out-of-fold summary."""
     from BrainTumorSegLib.labels import REGIONS
 
+    for region in REGIONS:
+        d, h = summary[f"dice_{region}"], summary[f"hd95_{region}"]
+        print(
+            f"out of fold {region}: Dice {d['mean']:.3f} (median {d['median']:.3f}), "
+            f"HD95 {h['mean']:.1f} mm (median {h['median']:.1f}), n={d['n']}"
+        )
+
+
+def cmd_crossval(args: argparse.Namespace) -> int:
     from .config import load_config
 
     config = load_config(args.config, args.set or [])
@@ -125,12 +135,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     )
     if summary is None:
         return 0
-    for region in REGIONS:
-        d, h = summary[f"dice_{region}"], summary[f"hd95_{region}"]
-        print(
-            f"out of fold {region}: Dice {d['mean']:.3f} (median {d['median']:.3f}), "
-            f"HD95 {h['mean']:.1f} mm (median {h['median']:.1f}), n={d['n']}"
-        )
+    print_out_of_fold(summary)
     folder = "out-of-fold-tta" if args.tta else "out-of-fold"
     print(f"tables and box plot in {Path(args.runs) / folder}")
     return 0

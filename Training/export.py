@@ -141,6 +141,39 @@ def write_package(model: Any, spec: ModelSpec, out_dir: Path) -> ModelSpec:
     return spec
 
 
+def record_choices(
+    spec: ModelSpec,
+    *,
+    evaluation: Path | None = None,
+    postprocessing: Path | None = None,
+    tta: bool = False,
+) -> None:
+    """Put measured figures and the defaults chosen from them into ``spec`` (see
+    :func:`export_run` for the three sources)."""
+    if evaluation is not None:
+        if not evaluation.is_file():
+            raise InputError("evaluation summary not found", evaluation)
+        summary = json.loads(evaluation.read_text(encoding="utf-8"))
+        kept = ("mean", "median", "n")
+        spec.metrics["evaluation"] = {
+            "source": str(evaluation),
+            **{key: {k: stats[k] for k in kept} for key, stats in summary.items()},
+        }
+    if postprocessing is not None:
+        if not postprocessing.is_file():
+            raise InputError("postprocessing search result not found", postprocessing)
+        search = json.loads(postprocessing.read_text(encoding="utf-8"))
+        if "best_min_component_ml" not in search:
+            raise InputError("not a postprocessing search result", postprocessing)
+        spec.min_component_ml = float(search["best_min_component_ml"])
+        # Searches written before the largest-component option did not try it.
+        spec.keep_largest_component = bool(search.get("best_keep_largest_component", False))
+        spec.metrics["postprocessing"] = {"source": str(postprocessing), "rows": search["rows"]}
+    if tta:
+        spec.test_time_augmentation = True
+    spec.validate()
+
+
 def export_run(
     run_dir: Path,
     out_dir: Path,
@@ -183,28 +216,7 @@ def export_run(
         "keras_backend": keras.backend.backend(),
     }
     spec.metrics = {k: v for k, v in chosen.items() if k.startswith("val_")}
-    if evaluation is not None:
-        if not evaluation.is_file():
-            raise InputError("evaluation summary not found", evaluation)
-        summary = json.loads(evaluation.read_text(encoding="utf-8"))
-        kept = ("mean", "median", "n")
-        spec.metrics["evaluation"] = {
-            "source": str(evaluation),
-            **{key: {k: stats[k] for k in kept} for key, stats in summary.items()},
-        }
-    if postprocessing is not None:
-        if not postprocessing.is_file():
-            raise InputError("postprocessing search result not found", postprocessing)
-        search = json.loads(postprocessing.read_text(encoding="utf-8"))
-        if "best_min_component_ml" not in search:
-            raise InputError("not a postprocessing search result", postprocessing)
-        spec.min_component_ml = float(search["best_min_component_ml"])
-        # Searches written before the largest-component option did not try it.
-        spec.keep_largest_component = bool(search.get("best_keep_largest_component", False))
-        spec.metrics["postprocessing"] = {"source": str(postprocessing), "rows": search["rows"]}
-    if tta:
-        spec.test_time_augmentation = True
-    spec.validate()
+    record_choices(spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta)
     return write_package(model, spec, out_dir)
 
 
@@ -246,15 +258,19 @@ def import_h5(
     return write_package(model, spec, out_dir)
 
 
+def choice_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`add_choice_options`' options (export and ensemble)."""
+    return {
+        "version": args.version,
+        "evaluation": Path(args.metrics) if args.metrics else None,
+        "postprocessing": Path(args.postprocessing) if args.postprocessing else None,
+        "tta": args.tta,
+    }
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     export_run(
-        Path(args.run),
-        Path(args.output),
-        checkpoint=args.checkpoint,
-        version=args.version,
-        evaluation=Path(args.metrics) if args.metrics else None,
-        postprocessing=Path(args.postprocessing) if args.postprocessing else None,
-        tta=args.tta,
+        Path(args.run), Path(args.output), checkpoint=args.checkpoint, **choice_arguments(args)
     )
     return 0
 
@@ -272,12 +288,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register the ``export`` and ``import`` sub-commands."""
-    p = sub.add_parser("export", help="package a training run as model.onnx + model.json + .keras")
-    p.add_argument("--run", required=True, help="run folder written by fit")
-    p.add_argument("--output", required=True, help="model package folder to write")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+def add_choice_options(p: argparse.ArgumentParser) -> None:
+    """The options of :func:`record_choices` plus ``--version`` (export and ensemble)."""
     p.add_argument("--version", help="model version recorded in model.json")
     p.add_argument(
         "--metrics",
@@ -292,6 +304,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="make mirroring test-time augmentation the model's default (segment --no-tta: off)",
     )
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the ``export`` and ``import`` sub-commands."""
+    p = sub.add_parser("export", help="package a training run as model.onnx + model.json + .keras")
+    p.add_argument("--run", required=True, help="run folder written by fit")
+    p.add_argument("--output", required=True, help="model package folder to write")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    add_choice_options(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="package a seed-style Keras .h5 model")

@@ -114,10 +114,26 @@ class KerasBackend:
         return np.asarray(self.model.predict(batch, verbose=0))
 
 
-def load_backend(spec: ModelSpec, threads: int | None = None) -> Backend:
-    """Open the network file named by ``spec`` and check it against the metadata."""
-    path = spec.model_path
-    if path is None or not path.is_file():
+class EnsembleBackend:
+    """Several networks with the same input and output, run one after the other; their
+    outputs are averaged (a mean of probabilities, as the networks end in sigmoid/softmax)."""
+
+    def __init__(self, members: list[Backend]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one network")
+        self.members = members
+        self.input_channels = members[0].input_channels
+        self.fixed_spatial_shape = members[0].fixed_spatial_shape
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        total = np.asarray(self.members[0].predict(batch), dtype=np.float32)
+        for member in self.members[1:]:
+            total = total + member.predict(batch)
+        return total / len(self.members)
+
+
+def _load_network(path: Path, spec: ModelSpec, threads: int | None) -> Backend:
+    if not path.is_file():
         raise InputError("model file not found", path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -132,6 +148,23 @@ def load_backend(spec: ModelSpec, threads: int | None = None) -> Backend:
             f"{len(spec.channels)} sequences were assigned ({','.join(spec.channels)})",
             path,
         )
+    return backend
+
+
+def load_backend(spec: ModelSpec, threads: int | None = None) -> Backend:
+    """Open the network file(s) named by ``spec`` and check them against the metadata; an
+    ensemble package gives an :class:`EnsembleBackend` over all its networks."""
+    paths = spec.network_paths
+    if not paths:
+        raise InputError("model file not found", spec.model_path)
+    members = [_load_network(path, spec, threads) for path in paths]
+    shapes = {m.fixed_spatial_shape for m in members}
+    if len(shapes) > 1:
+        raise InputError(
+            f"the ensemble's networks take different fixed input shapes {sorted(map(str, shapes))}",
+            paths[0],
+        )
+    backend = members[0] if len(members) == 1 else EnsembleBackend(members)
     if backend.fixed_spatial_shape and not spec.fixed_input_shape:
         spec.fixed_input_shape = list(backend.fixed_spatial_shape)
     return backend
@@ -154,7 +187,9 @@ def base_filters(spec: ModelSpec) -> int:
 def estimate_memory_bytes(shape: tuple[int, ...], spec: ModelSpec) -> float:
     """Peak memory of one forward pass on a block of ``shape`` (calibrated, see above)."""
     voxels = float(np.prod(shape))
-    return voxels * BYTES_PER_VOXEL_PER_BASE_FILTER * base_filters(spec) + SESSION_OVERHEAD_BYTES
+    # The networks of an ensemble run one after the other, so only their sessions add up.
+    sessions = SESSION_OVERHEAD_BYTES * (1 + len(spec.ensemble_files))
+    return voxels * BYTES_PER_VOXEL_PER_BASE_FILTER * base_filters(spec) + sessions
 
 
 def working_arrays_bytes(shape: tuple[int, ...], spec: ModelSpec) -> float:

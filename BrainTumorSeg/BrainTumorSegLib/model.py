@@ -1,5 +1,8 @@
 """Model packages: a folder with ``model.onnx`` (or a Keras file) and ``model.json``.
 
+A package may hold an ensemble: further networks (``ensemble_files``) trained with the same
+preprocessing and outputs, whose outputs inference averages with the first one's.
+
 ``model.json`` is the one place that states how a model expects its input (channel order,
 voxel spacing, orientation, normalisation, bias correction) and what its output means.
 Training writes it, inference reads it, so the two cannot drift apart.
@@ -30,6 +33,9 @@ class ModelSpec:
     description: str = ""
     file: str = "model.onnx"
     keras_file: str | None = None
+    # Further networks of an ensemble (same input and output as ``file``): inference runs each
+    # and averages their outputs. Empty for a single network.
+    ensemble_files: list[str] = field(default_factory=list)
     channels: list[str] = field(default_factory=lambda: ["t1", "t1ce", "t2", "flair"])
     spacing_mm: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     orientation: str = "LPS"
@@ -74,6 +80,14 @@ class ModelSpec:
         for flag in ("keep_largest_component", "test_time_augmentation"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false")
+        names = [self.file, *self.ensemble_files]
+        if len(set(names)) != len(names) or any(
+            Path(n).suffix.lower() not in MODEL_SUFFIXES or Path(n).name != n for n in names
+        ):
+            raise ValueError(
+                f"network files {names} must be distinct file names in the package ending in "
+                f"{', '.join(MODEL_SUFFIXES)}"
+            )
         if self.input_layout not in ("channels_last", "channels_first"):
             raise ValueError(f"unknown input_layout {self.input_layout!r}")
         kind = self.output.get("kind")
@@ -99,6 +113,13 @@ class ModelSpec:
     def model_path(self) -> Path | None:
         """The network file (ONNX, or Keras when no ONNX file is named)."""
         return self.folder / self.file if self.folder is not None else None
+
+    @property
+    def network_paths(self) -> list[Path]:
+        """Every network of the package: ``file`` first, then the ensemble's other members."""
+        if self.folder is None:
+            return []
+        return [self.folder / name for name in (self.file, *self.ensemble_files)]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable metadata (without the folder)."""
@@ -130,8 +151,9 @@ def load_model_spec(path: str | Path) -> ModelSpec:
         spec = ModelSpec.from_dict(data, folder=json_path.parent)
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise InputError(f"invalid model metadata: {e}", json_path) from e
-    if not (spec.folder / spec.file).is_file():
-        raise InputError(f"model file {spec.file!r} named in model.json is missing", json_path)
+    for network in spec.network_paths:
+        if not network.is_file():
+            raise InputError(f"network file {network.name!r} of model.json is missing", json_path)
     return spec
 
 
@@ -182,7 +204,9 @@ def resolve_model(model: str | Path | None, channels: list[str] | None = None) -
     sidecar = path.parent / "model.json"
     if sidecar.is_file() and not channels:
         spec = load_model_spec(sidecar)
+        # One network file was chosen (e.g. the .keras twin): it runs alone, not the ensemble.
         spec.file = path.name
+        spec.ensemble_files = []
         return spec
     return spec_for_bare_model(path, channels)
 

@@ -67,6 +67,7 @@ def build_report(
             "name": spec.name,
             "version": spec.version,
             "path": str(spec.model_path),
+            "networks": len(spec.network_paths),
             "channels": spec.channels,
             "spacing_mm": spec.spacing_mm,
             "output": spec.output["kind"],

@@ -1,0 +1,91 @@
+"""Ensemble packages: several networks in one package, their outputs averaged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import blob_case
+from tiny_model import build_tiny_onnx, build_tiny_package
+
+from BrainTumorSegLib import segment
+from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.infer import EnsembleBackend, load_backend, predict_volume
+from BrainTumorSegLib.model import load_model_spec, resolve_model
+
+
+def _pair(tmp_path: Path) -> tuple[Path, Path]:
+    """Two single-network packages that differ only in their weights."""
+    soft = build_tiny_package(tmp_path / "soft")
+    sharp = build_tiny_package(tmp_path / "sharp")
+    build_tiny_onnx(sharp / "model.onnx", sharpness=3.0)
+    return soft, sharp
+
+
+def test_ensemble_package_averages_its_networks(tmp_path: Path):
+    from Training.ensemble import build_ensemble
+
+    soft, sharp = _pair(tmp_path)
+    spec = build_ensemble([soft, sharp], tmp_path / "both", version="9.9")
+    assert spec.ensemble_files == ["model-2.onnx"] and spec.version == "9.9"
+    loaded = load_model_spec(tmp_path / "both")
+    backend = load_backend(loaded)
+    assert isinstance(backend, EnsembleBackend) and len(backend.members) == 2
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(16, 16, 8, 4)).astype(np.float32) * 2
+    outputs = [
+        predict_volume(load_backend(load_model_spec(p)), volume, load_model_spec(p))
+        for p in (soft, sharp)
+    ]
+    assert not np.allclose(outputs[0], outputs[1], atol=1e-3)  # the members really differ
+    averaged = predict_volume(backend, volume, loaded)
+    np.testing.assert_allclose(averaged, (outputs[0] + outputs[1]) / 2, atol=1e-5)
+    members = json.loads((tmp_path / "both" / "model.json").read_text())["training"]["ensemble"]
+    assert [m["file"] for m in members] == ["model.onnx", "model-2.onnx"]
+    assert members[1]["source"] == str(sharp)
+
+
+def test_segment_with_an_ensemble_reports_its_networks(tmp_path: Path):
+    from Training.ensemble import build_ensemble
+
+    build_ensemble(list(_pair(tmp_path)), tmp_path / "both")
+    images = blob_case(tmp_path / "case")
+    result = segment(images, tmp_path / "out", model=tmp_path / "both", overlay=False)
+    assert result.report["model"]["networks"] == 2
+    assert np.count_nonzero(result.classes) > 0
+    # One network file chosen explicitly runs alone.
+    single = resolve_model(tmp_path / "both" / "model-2.onnx")
+    assert single.ensemble_files == [] and single.file == "model-2.onnx"
+
+
+def test_ensemble_members_must_share_the_preprocessing(tmp_path: Path):
+    from Training.ensemble import build_ensemble
+
+    one = build_tiny_package(tmp_path / "one")
+    other = build_tiny_package(tmp_path / "other", spacing_mm=[2.0, 2.0, 2.0])
+    with pytest.raises(InputError, match="spacing_mm") as caught:
+        build_ensemble([one, other], tmp_path / "both")
+    assert "other" in str(caught.value)
+    assert not (tmp_path / "both" / "model.json").exists()
+    with pytest.raises(InputError, match="at least two"):
+        build_ensemble([one], tmp_path / "both")
+
+
+def test_missing_or_repeated_ensemble_files_are_refused(tmp_path: Path):
+    from Training.ensemble import build_ensemble
+
+    build_ensemble(list(_pair(tmp_path)), tmp_path / "both")
+    broken = tmp_path / "broken"
+    shutil.copytree(tmp_path / "both", broken)
+    (broken / "model-2.onnx").unlink()
+    with pytest.raises(InputError, match="model-2.onnx") as caught:
+        load_model_spec(broken)
+    assert "model.json" in str(caught.value)
+    meta = json.loads((tmp_path / "both" / "model.json").read_text())
+    meta["ensemble_files"] = ["model.onnx"]
+    (broken / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="distinct"):
+        load_model_spec(broken)
