@@ -351,7 +351,7 @@ def main() -> int:
     # As a user runs it: the model's defaults (the bundled model averages 8 mirrored passes).
     ours = measure("ours, end to end", ["ours", str(args.case), model_arg])
     ours_one = measure(
-        "ours, end to end, one pass (--no-tta)", ["ours", str(args.case), model_arg, "--no-tta"]
+        "ours, end to end, no mirroring (--no-tta)", ["ours", str(args.case), model_arg, "--no-tta"]
     )
     ours_n4 = measure(
         "ours, end to end, N4 on", ["ours", str(args.case), model_arg, "--bias-correction", "on"]
@@ -396,7 +396,7 @@ def main() -> int:
     ours_median = statistics.median(ours["seconds"])
     if seed:
         print(f"seed / ours end to end: {statistics.median(seed['seconds']) / ours_median:.1f}x")
-    print(f"ours with one network pass: {statistics.median(ours_one['seconds']):.1f} s")
+    print(f"ours without mirroring: {statistics.median(ours_one['seconds']):.1f} s")
     print(f"ours with N4 forced on: {statistics.median(ours_n4['seconds']):.1f} s")
     for runtime, entry in inference.items():
         ratio = statistics.median(entry["seconds"]) / lower_bound

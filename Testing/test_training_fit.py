@@ -608,7 +608,9 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
 
     twin = tmp_path / "cv-twin"
     shutil.copytree(runs, twin)
-    ensembled = crossval_ensemble([runs, twin], dataset, tmp_path / "ens")
+    assert crossval_ensemble([runs, twin], dataset, tmp_path / "ens", only=[0, 1]) is None
+    assert not (tmp_path / "ens" / "fold2").exists()
+    ensembled = crossval_ensemble([runs, twin], dataset, tmp_path / "ens", only=[2])
     assert (tmp_path / "ens" / "fold2" / "model-2.onnx").is_file()
     assert (tmp_path / "ens" / "out-of-fold" / "cases.csv").read_text().splitlines() == rows
     assert ensembled["dice_WT"] == summary["dice_WT"]

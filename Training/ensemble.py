@@ -84,6 +84,7 @@ def build_ensemble(
         shutil.copy2(first.folder / first.keras_file, out_dir / first.keras_file)
     for index, member in enumerate(specs):
         shutil.copy2(member.folder / member.file, out_dir / member_file(index))
+    spec.description = f"ensemble of {len(specs)} networks: {first.description}"
     spec.file = member_file(0)
     spec.ensemble_files = [member_file(i) for i in range(1, len(specs))]
     spec.training = {
@@ -119,16 +120,22 @@ def fold_packages(runs: list[Path], fold: int) -> tuple[list[Path], list[str]]:
 
 
 def crossval_ensemble(
-    runs: list[Path], dataset: Path, out_dir: Path, *, tta: bool = False
-) -> dict[str, Any]:
+    runs: list[Path],
+    dataset: Path,
+    out_dir: Path,
+    *,
+    tta: bool = False,
+    only: list[int] | None = None,
+) -> dict[str, Any] | None:
     """Out-of-fold scores of the fold-by-fold ensembles of several cross-validation runs.
 
     Writes ``<out>/fold<k>/`` (the ensemble package of fold k) and ``<out>/out-of-fold[-tta]/``
     (predictions, tables, box plot); finished packages and predictions are kept, so an
-    interrupted call resumes. Returns the summary.
+    interrupted call resumes. ``only`` segments some folds (e.g. those already trained); the
+    summary is written and returned once every fold's held-out cases have predictions.
     """
     from .dataset import find_cases
-    from .evaluate import evaluate, run_model
+    from .evaluate import evaluate, run_model, segmented_file
 
     if len(runs) < 2:
         raise InputError("crossval-ensemble needs at least two cross-validation run folders")
@@ -137,13 +144,23 @@ def crossval_ensemble(
         raise InputError("no fold<k> runs here", runs[0])
     cases = {c.case_id: c for c in find_cases(dataset)}
     scores = out_dir / ("out-of-fold-tta" if tta else "out-of-fold")
+    missing = []
     for fold in folds:
+        if only is not None and fold not in only:
+            split = json.loads((Path(runs[0]) / f"fold{fold}" / "split.json").read_text())
+            predicted = scores / "predictions"
+            if not all(segmented_file(predicted, c).is_file() for c in split["validation"]):
+                missing.append(fold)
+            continue
         packages, held_out = fold_packages(runs, fold)
         package = out_dir / f"fold{fold}"
         if not (package / "model.json").is_file():
             build_ensemble(packages, package)
         print(f"fold {fold}: ensemble of {len(packages)} on {len(held_out)} held-out cases")
         run_model(str(package), [cases[c] for c in held_out], scores, tta=tta)
+    if missing:
+        print(f"folds {missing} still to segment; no summary yet")
+        return None
     return evaluate(scores / "predictions", dataset, scores)
 
 
@@ -158,9 +175,14 @@ def cmd_crossval_ensemble(args: argparse.Namespace) -> int:
     from .crossval import print_out_of_fold
 
     summary = crossval_ensemble(
-        [Path(r) for r in args.runs], Path(args.dataset), Path(args.output), tta=args.tta
+        [Path(r) for r in args.runs],
+        Path(args.dataset),
+        Path(args.output),
+        tta=args.tta,
+        only=args.only,
     )
-    print_out_of_fold(summary)
+    if summary is not None:
+        print_out_of_fold(summary)
     return 0
 
 
@@ -182,4 +204,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", nargs="+", required=True, help="crossval run folders (same folds)")
     p.add_argument("--output", required=True, help="folder for fold<k>/ packages and scores")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+    p.add_argument("--only", type=int, nargs="+", default=None, help="segment only these folds")
     p.set_defaults(func=cmd_crossval_ensemble)
