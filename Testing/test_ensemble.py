@@ -89,3 +89,42 @@ def test_missing_or_repeated_ensemble_files_are_refused(tmp_path: Path):
     (broken / "model.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="distinct"):
         load_model_spec(broken)
+
+
+def test_a_failed_rebuild_leaves_the_package_and_defaults_are_the_ensembles_own(tmp_path: Path):
+    from Training.ensemble import build_ensemble
+
+    soft, sharp = _pair(tmp_path)
+    # A member whose defaults were chosen for it alone: the ensemble does not inherit them.
+    meta = json.loads((soft / "model.json").read_text())
+    meta.update(min_component_ml=1.0, keep_largest_component=True, test_time_augmentation=True)
+    (soft / "model.json").write_text(json.dumps(meta))
+    spec = build_ensemble([soft, sharp], tmp_path / "both")
+    both = tmp_path / "both"
+    assert spec.network_paths == [both / "model.onnx", both / "model-2.onnx"]
+    assert (spec.min_component_ml, spec.keep_largest_component) == (0.0, False)
+    assert spec.test_time_augmentation is False
+    before = (tmp_path / "both" / "model.json").read_text()
+    with pytest.raises(InputError, match="evaluation summary not found"):
+        build_ensemble([soft, sharp], tmp_path / "both", evaluation=tmp_path / "typo.json")
+    assert (tmp_path / "both" / "model.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_ensemble_memory_estimate_counts_every_network(tmp_path: Path):
+    from BrainTumorSegLib.infer import estimate_memory_bytes
+    from Training.ensemble import build_ensemble
+
+    build_ensemble(list(_pair(tmp_path)), tmp_path / "both")
+    single = estimate_memory_bytes((64, 64, 64), load_model_spec(tmp_path / "soft"))
+    double = estimate_memory_bytes((64, 64, 64), load_model_spec(tmp_path / "both"))
+    assert double == pytest.approx(2 * single)
+
+
+def test_ensemble_files_must_be_a_list_of_names(tmp_path: Path):
+    package = build_tiny_package(tmp_path / "one")
+    meta = json.loads((package / "model.json").read_text())
+    for bad in (None, "model-2.onnx", [2], ["../other.onnx"]):
+        (package / "model.json").write_text(json.dumps({**meta, "ensemble_files": bad}))
+        with pytest.raises(InputError, match="ensemble_files|distinct file names"):
+            load_model_spec(package)

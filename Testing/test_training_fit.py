@@ -579,6 +579,15 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
         )
         is None
     )
+    # Only fold 0 exists yet: an ensemble of two such runs writes no (partial) summary.
+    from Training.ensemble import crossval_ensemble
+
+    early = tmp_path / "cv-early"
+    shutil.copytree(runs, early)
+    assert crossval_ensemble([runs, early], dataset, tmp_path / "ens-early", only=[0]) is None
+    assert not (tmp_path / "ens-early" / "out-of-fold" / "summary.csv").exists()
+    with pytest.raises(InputError, match="not trained yet"):
+        crossval_ensemble([runs, early], dataset, tmp_path / "ens-early")
     summary = crossvalidate(Config.from_dict(data), dataset, prepared.parent, runs, folds=3)
     assert summary is not None and summary["dice_WT"]["n"] == 3
     # Another prediction set (mirroring TTA) for fold 0 only: folds 1 and 2 have packages but
@@ -604,8 +613,6 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
 
     # Fold-by-fold ensembles of two runs with the same folds (here the run with a copy of
     # itself: the average of a network with itself is that network) score the same cases.
-    from Training.ensemble import crossval_ensemble
-
     twin = tmp_path / "cv-twin"
     shutil.copytree(runs, twin)
     assert crossval_ensemble([runs, twin], dataset, tmp_path / "ens", only=[0, 1]) is None
@@ -619,6 +626,14 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
     )
     with pytest.raises(InputError, match="other cases"):
         crossval_ensemble([runs, twin], dataset, tmp_path / "ens-bad")
+    assert not (tmp_path / "ens-bad" / "out-of-fold").exists()  # refused before segmenting
+    # A member exported again: that fold's ensemble is rebuilt and its cases segmented anew.
+    shutil.copytree(runs / "fold1", twin / "fold1", dirs_exist_ok=True)
+    stale = tmp_path / "ens" / "out-of-fold" / "predictions" / held_out[0]["validation"][0]
+    os.utime(twin / "fold0" / "package" / "model.json")
+    before = (stale / "segmentation.nii.gz").stat().st_mtime
+    crossval_ensemble([runs, twin], dataset, tmp_path / "ens", only=[0])
+    assert (stale / "segmentation.nii.gz").stat().st_mtime > before
 
 
 def test_fit_refuses_a_cache_from_an_older_core_preprocessing(prepared: Path, tmp_path: Path):

@@ -1,10 +1,13 @@
 """``ensemble``: one model package from several trained ones; ``crossval-ensemble``: its
 out-of-fold scores.
 
-The networks of an ensemble must agree on everything inference reads from ``model.json``
-(channels, spacing, normalisation, outputs, ...); the package keeps the first member's files
-and metadata, adds the other members' ONNX files as ``model-2.onnx``, ``model-3.onnx``, ... and
-records every member's training in ``training["ensemble"]``. Inference averages their outputs.
+The networks of an ensemble must agree on everything inference reads from ``model.json`` about
+the input and the output (channels, spacing, normalisation, outputs, ...); the package keeps the
+first member's files and metadata, adds the other members' ONNX files as ``model-2.onnx``,
+``model-3.onnx``, ... and records every member's training and metrics in
+``training["ensemble"]``. Inference averages their outputs. The defaults chosen on measured
+scores (postprocessing, test-time augmentation) are not inherited from a member: they are the
+ensemble's own, given with ``--postprocessing`` / ``--tta``.
 
 ``crossval-ensemble`` scores such an ensemble honestly: for every fold it combines the fold
 packages of several cross-validation runs (same folds, e.g. two seeds or two snapshots of one
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +62,10 @@ def build_ensemble(
 ) -> ModelSpec:
     """Write an ensemble package of ``packages`` (each a single-network package) to ``out_dir``.
 
-    ``evaluation``/``postprocessing``/``tta`` as for ``export``; without them the first
-    member's defaults are kept. ``model.json`` is written last, so a package with it is
-    complete.
+    ``evaluation``/``postprocessing``/``tta`` as for ``export``; without them the ensemble has
+    no island removal, keeps every component and runs one pass per network. The package is
+    assembled in a temporary folder beside ``out_dir`` and moved into place when complete, so
+    a failed call leaves an existing ``out_dir`` as it was.
     """
     from .export import record_choices
 
@@ -76,31 +81,73 @@ def build_ensemble(
     out_dir = Path(out_dir)
     if any(out_dir.resolve() == Path(p).resolve() for p in packages):
         raise InputError("the ensemble must be written to a new folder, not a member", out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "model.json").unlink(missing_ok=True)  # an incomplete package has none
     first = specs[0]
     spec = ModelSpec.from_dict(first.to_dict())
-    if first.keras_file:  # the first member's Keras twin serves the optional Keras backend
-        shutil.copy2(first.folder / first.keras_file, out_dir / first.keras_file)
-    for index, member in enumerate(specs):
-        shutil.copy2(member.folder / member.file, out_dir / member_file(index))
     spec.description = f"ensemble of {len(specs)} networks: {first.description}"
     spec.file = member_file(0)
     spec.ensemble_files = [member_file(i) for i in range(1, len(specs))]
     spec.training = {
         **first.training,
         "ensemble": [
-            {"file": member_file(i), "source": str(m.folder), "version": m.version, **m.training}
+            {
+                "file": member_file(i),
+                "source": str(m.folder.resolve()),
+                "version": m.version,
+                "training": m.training,
+                "metrics": m.metrics,
+            }
             for i, m in enumerate(specs)
         ],
     }
     spec.metrics = {}
+    spec.min_component_ml, spec.keep_largest_component = 0.0, False
+    spec.test_time_augmentation = False
     if version:
         spec.version = version
+    # Before any file is touched: a mistyped --metrics/--postprocessing changes nothing.
     record_choices(spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta)
-    spec.write(out_dir / "model.json")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    try:
+        if first.keras_file:  # the first member's Keras twin serves the optional Keras backend
+            shutil.copy2(first.folder / first.keras_file, staging / first.keras_file)
+        for index, member in enumerate(specs):
+            shutil.copy2(member.folder / member.file, staging / member_file(index))
+        spec.write(staging / "model.json")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    spec.folder = out_dir
     print(f"ensemble of {len(specs)} networks written to {out_dir}")
     return spec
+
+
+def _read_split(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "split.json"
+    if not path.is_file():
+        raise InputError("no split.json: this fold is not trained yet (run crossval)", path)
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+        valid = all(isinstance(split.get(key), list) for key in ("training", "validation"))
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise InputError(f"not a split written by fit ({type(e).__name__}: {e})", path) from e
+    if not valid:
+        raise InputError("not a split written by fit (no training/validation case lists)", path)
+    return split
+
+
+def fold_count(run: Path) -> int:
+    """Number of folds of a crossval run folder (from its first fold's config)."""
+    from .config import load_config
+
+    config = Path(run) / "fold0" / "config.yaml"
+    if not config.is_file():
+        raise InputError("no fold0/config.yaml: not a crossval run folder (run crossval)", run)
+    return load_config(config).split.folds
 
 
 def fold_packages(runs: list[Path], fold: int) -> tuple[list[Path], list[str]]:
@@ -108,15 +155,28 @@ def fold_packages(runs: list[Path], fold: int) -> tuple[list[Path], list[str]]:
     packages, held_out = [], None
     for run in runs:
         run_dir = Path(run) / f"fold{fold}"
-        split_file, package = run_dir / "split.json", run_dir / "package"
-        if not (package / "model.json").is_file() or not split_file.is_file():
+        validation = _read_split(run_dir)["validation"]
+        package = run_dir / "package"
+        if not (package / "model.json").is_file():
             raise InputError(f"fold {fold} has no exported package yet (run crossval)", run_dir)
-        validation = json.loads(split_file.read_text(encoding="utf-8"))["validation"]
         if held_out is not None and sorted(validation) != sorted(held_out):
             raise InputError(f"fold {fold} holds out other cases than in {runs[0]}", run_dir)
         held_out = validation
         packages.append(package)
     return packages, list(held_out or [])
+
+
+def _is_current(ensemble: Path, packages: list[Path]) -> bool:
+    """An ensemble package built from exactly these members, after their last export."""
+    manifest = ensemble / "model.json"
+    if not manifest.is_file():
+        return False
+    members = json.loads(manifest.read_text(encoding="utf-8"))["training"].get("ensemble", [])
+    sources = [m.get("source") for m in members]
+    built = manifest.stat().st_mtime
+    return sources == [str(p.resolve()) for p in packages] and all(
+        (p / "model.json").stat().st_mtime <= built for p in packages
+    )
 
 
 def crossval_ensemble(
@@ -131,37 +191,53 @@ def crossval_ensemble(
 
     Writes ``<out>/fold<k>/`` (the ensemble package of fold k) and ``<out>/out-of-fold[-tta]/``
     (predictions, tables, box plot); finished packages and predictions are kept, so an
-    interrupted call resumes. ``only`` segments some folds (e.g. those already trained); the
-    summary is written and returned once every fold's held-out cases have predictions.
+    interrupted call resumes, and rebuilt (their predictions discarded) when a member was
+    exported again or the runs changed. ``only`` segments some folds (e.g. those already
+    trained); the summary is written and returned once every fold has its predictions.
     """
     from .dataset import find_cases
     from .evaluate import evaluate, run_model, segmented_file
 
     if len(runs) < 2:
         raise InputError("crossval-ensemble needs at least two cross-validation run folders")
-    folds = sorted(int(p.name[4:]) for p in Path(runs[0]).glob("fold*") if p.name[4:].isdigit())
-    if not folds:
-        raise InputError("no fold<k> runs here", runs[0])
+    out_dir = Path(out_dir)
+    if any(out_dir.resolve() == Path(r).resolve() for r in runs):
+        raise InputError("the output folder must not be one of the --runs", out_dir)
+    folds = list(range(fold_count(runs[0])))
+    unknown = sorted(set(only or []) - set(folds))
+    if unknown:
+        raise InputError(f"--only {unknown}: the runs have folds {folds}", runs[0])
+    chosen = [f for f in folds if only is None or f in only]
+    # Every chosen fold checked before any is segmented.
+    members = {fold: fold_packages(runs, fold) for fold in chosen}
     cases = {c.case_id: c for c in find_cases(dataset)}
     scores = out_dir / ("out-of-fold-tta" if tta else "out-of-fold")
-    missing = []
-    for fold in folds:
-        if only is not None and fold not in only:
-            split = json.loads((Path(runs[0]) / f"fold{fold}" / "split.json").read_text())
-            predicted = scores / "predictions"
-            if not all(segmented_file(predicted, c).is_file() for c in split["validation"]):
-                missing.append(fold)
-            continue
-        packages, held_out = fold_packages(runs, fold)
+    predictions = scores / "predictions"
+    for fold, (packages, held_out) in members.items():
+        absent = [c for c in held_out if c not in cases]
+        if absent:
+            raise InputError(f"held-out cases {absent} of fold {fold} are not here", dataset)
         package = out_dir / f"fold{fold}"
-        if not (package / "model.json").is_file():
+        if not _is_current(package, packages):
             build_ensemble(packages, package)
+            for case in held_out:  # segmented by an older ensemble
+                for sibling in out_dir.glob(f"out-of-fold*/predictions/{case}"):
+                    shutil.rmtree(sibling)
         print(f"fold {fold}: ensemble of {len(packages)} on {len(held_out)} held-out cases")
         run_model(str(package), [cases[c] for c in held_out], scores, tta=tta)
+    missing = []
+    for fold in folds:
+        run_dir = Path(runs[0]) / f"fold{fold}"
+        if fold in members:
+            continue
+        if not (run_dir / "split.json").is_file() or not all(
+            segmented_file(predictions, c).is_file() for c in _read_split(run_dir)["validation"]
+        ):
+            missing.append(fold)
     if missing:
         print(f"folds {missing} still to segment; no summary yet")
         return None
-    return evaluate(scores / "predictions", dataset, scores)
+    return evaluate(predictions, dataset, scores)
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:

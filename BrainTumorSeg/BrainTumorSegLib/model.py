@@ -80,6 +80,10 @@ class ModelSpec:
         for flag in ("keep_largest_component", "test_time_augmentation"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false")
+        if not isinstance(self.ensemble_files, list) or not all(
+            isinstance(n, str) for n in self.ensemble_files
+        ):
+            raise ValueError(f"ensemble_files {self.ensemble_files!r} must be a list of file names")
         names = [self.file, *self.ensemble_files]
         if len(set(names)) != len(names) or any(
             Path(n).suffix.lower() not in MODEL_SUFFIXES or Path(n).name != n for n in names
