@@ -66,10 +66,14 @@ def test_ensemble_members_must_share_the_preprocessing(tmp_path: Path):
 
     one = build_tiny_package(tmp_path / "one")
     other = build_tiny_package(tmp_path / "other", spacing_mm=[2.0, 2.0, 2.0])
+    build_ensemble([one, build_tiny_package(tmp_path / "two")], tmp_path / "both")
+    before = sorted(p.name for p in (tmp_path / "both").iterdir())
     with pytest.raises(InputError, match="spacing_mm") as caught:
         build_ensemble([one, other], tmp_path / "both")
     assert "other" in str(caught.value)
-    assert not (tmp_path / "both" / "model.json").exists()
+    # The refused build left the existing ensemble as it was.
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == before
+    assert load_model_spec(tmp_path / "both").ensemble_files == ["model-2.onnx"]
     with pytest.raises(InputError, match="at least two"):
         build_ensemble([one], tmp_path / "both")
 

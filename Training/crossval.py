@@ -51,7 +51,7 @@ def crossvalidate(
     import keras
 
     from .dataset import find_cases
-    from .evaluate import evaluate, run_model, segmented_file
+    from .evaluate import evaluate, run_model
     from .export import export_run
     from .fit import fit
     from .prepare import prepare_dataset
@@ -66,8 +66,8 @@ def crossvalidate(
         if only is not None and fold not in only:
             # Done only with its held-out predictions in this prediction set: a fold run
             # copied or extended from another set has a package but none of them yet.
-            if (run_dir / "package" / "model.json").is_file() and all(
-                segmented_file(predictions, c).is_file() for c in _held_out(run_dir)
+            if (run_dir / "package" / "model.json").is_file() and fold_segmented(
+                predictions, run_dir
             ):
                 done.append(fold)
             continue
@@ -80,10 +80,9 @@ def crossvalidate(
             export_run(run_dir, package, checkpoint="last")
         keras.backend.clear_session()
         gc.collect()
-        held_out = _held_out(run_dir)
         run_model(
             str(package),
-            [cases[c] for c in held_out],
+            [cases[c] for c in held_out(run_dir)],
             predictions.parent,
             tta=tta,  # explicit: out-of-fold and out-of-fold-tta whatever the package says
         )
@@ -102,8 +101,30 @@ def _package_is_stale(run_dir: Path, package: Path) -> bool:
     return checkpoint.is_file() and checkpoint.stat().st_mtime > exported.stat().st_mtime
 
 
-def _held_out(run_dir: Path) -> list[str]:
-    return json.loads((run_dir / "split.json").read_text(encoding="utf-8"))["validation"]
+def held_out(run_dir: Path) -> list[str]:
+    """The held-out (validation) cases of a fold run, from the ``split.json`` fit wrote."""
+    from BrainTumorSegLib.errors import InputError
+
+    path = run_dir / "split.json"
+    if not path.is_file():
+        raise InputError("no split.json: this fold is not trained yet (run crossval)", path)
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+        valid = all(isinstance(split.get(key), list) for key in ("training", "validation"))
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise InputError(f"not a split written by fit ({type(e).__name__}: {e})", path) from e
+    if not valid:
+        raise InputError("not a split written by fit (no training/validation case lists)", path)
+    return split["validation"]
+
+
+def fold_segmented(predictions: Path, run_dir: Path) -> bool:
+    """Every held-out case of the fold run ``run_dir`` has its label map in ``predictions``."""
+    from .evaluate import segmented_file
+
+    return (run_dir / "split.json").is_file() and all(
+        segmented_file(predictions, c).is_file() for c in held_out(run_dir)
+    )
 
 
 def print_out_of_fold(summary: dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.model import ModelSpec, load_model_spec
 
 from .config import PREPROCESSING_FIELDS
+from .crossval import fold_segmented
+from .crossval import held_out as held_out_cases
 
 # What inference reads from model.json besides the network files: members must agree on it.
 SHARED_FIELDS = (*PREPROCESSING_FIELDS, "input_layout", "output", "label_convention_trained")
@@ -126,20 +128,6 @@ def build_ensemble(
     return spec
 
 
-def _read_split(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "split.json"
-    if not path.is_file():
-        raise InputError("no split.json: this fold is not trained yet (run crossval)", path)
-    try:
-        split = json.loads(path.read_text(encoding="utf-8"))
-        valid = all(isinstance(split.get(key), list) for key in ("training", "validation"))
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise InputError(f"not a split written by fit ({type(e).__name__}: {e})", path) from e
-    if not valid:
-        raise InputError("not a split written by fit (no training/validation case lists)", path)
-    return split
-
-
 def fold_count(run: Path) -> int:
     """Number of folds of a crossval run folder (from its first fold's config)."""
     from .config import load_config
@@ -155,7 +143,7 @@ def fold_packages(runs: list[Path], fold: int) -> tuple[list[Path], list[str]]:
     packages, held_out = [], None
     for run in runs:
         run_dir = Path(run) / f"fold{fold}"
-        validation = _read_split(run_dir)["validation"]
+        validation = held_out_cases(run_dir)
         package = run_dir / "package"
         if not (package / "model.json").is_file():
             raise InputError(f"fold {fold} has no exported package yet (run crossval)", run_dir)
@@ -196,7 +184,7 @@ def crossval_ensemble(
     trained); the summary is written and returned once every fold has its predictions.
     """
     from .dataset import find_cases
-    from .evaluate import evaluate, run_model, segmented_file
+    from .evaluate import evaluate, run_model
 
     if len(runs) < 2:
         raise InputError("crossval-ensemble needs at least two cross-validation run folders")
@@ -211,12 +199,13 @@ def crossval_ensemble(
     # Every chosen fold checked before any is segmented.
     members = {fold: fold_packages(runs, fold) for fold in chosen}
     cases = {c.case_id: c for c in find_cases(dataset)}
-    scores = out_dir / ("out-of-fold-tta" if tta else "out-of-fold")
-    predictions = scores / "predictions"
-    for fold, (packages, held_out) in members.items():
+    for fold, (_, held_out) in members.items():
         absent = [c for c in held_out if c not in cases]
         if absent:
             raise InputError(f"held-out cases {absent} of fold {fold} are not here", dataset)
+    scores = out_dir / ("out-of-fold-tta" if tta else "out-of-fold")
+    predictions = scores / "predictions"
+    for fold, (packages, held_out) in members.items():
         package = out_dir / f"fold{fold}"
         if not _is_current(package, packages):
             build_ensemble(packages, package)
@@ -225,15 +214,11 @@ def crossval_ensemble(
                     shutil.rmtree(sibling)
         print(f"fold {fold}: ensemble of {len(packages)} on {len(held_out)} held-out cases")
         run_model(str(package), [cases[c] for c in held_out], scores, tta=tta)
-    missing = []
-    for fold in folds:
-        run_dir = Path(runs[0]) / f"fold{fold}"
-        if fold in members:
-            continue
-        if not (run_dir / "split.json").is_file() or not all(
-            segmented_file(predictions, c).is_file() for c in _read_split(run_dir)["validation"]
-        ):
-            missing.append(fold)
+    missing = [
+        f
+        for f in folds
+        if f not in members and not fold_segmented(predictions, Path(runs[0]) / f"fold{f}")
+    ]
     if missing:
         print(f"folds {missing} still to segment; no summary yet")
         return None
