@@ -339,6 +339,10 @@ def test_evaluate_writes_tables_and_perfect_scores(dataset: Path, tmp_path: Path
     summary = evaluate(predictions, dataset, tmp_path / "eval")
     assert summary["dice_ET"]["mean"] == 1.0 and summary["hd95_WT"]["mean"] == 0.0
     assert summary["dice_WT"]["n"] == 3
+    # Perfect on every case: the bootstrap interval of the mean has no width.
+    assert summary["dice_ET"]["ci95_low"] == summary["dice_ET"]["ci95_high"] == 1.0
+    header = (tmp_path / "eval" / "summary.csv").read_text().splitlines()[0]
+    assert header == "measure,mean,median,std,p25,p75,ci95_low,ci95_high,n"
     lines = (tmp_path / "eval" / "cases.csv").read_text().splitlines()
     assert len(lines) == 4 and lines[0].startswith("case_id,dice_ET")
     assert (tmp_path / "eval" / "boxplot.png").stat().st_size > 1000

@@ -94,6 +94,28 @@ def test_summarise_ignores_nan_and_counts():
     assert summary["p25"] == pytest.approx(1.5) and summary["p75"] == pytest.approx(2.5)
 
 
+def test_summary_has_a_bootstrap_interval_around_the_mean():
+    rows = [{"a": v} for v in (0.0, 0.2, 0.5, 0.6, 0.9, 1.0)]
+    summary = metrics.summarise(rows, ["a"])["a"]
+    assert summary["ci95_low"] < summary["mean"] < summary["ci95_high"]
+    # The mean of resampled cases never leaves the range of the cases.
+    assert summary["ci95_low"] >= 0.0 and summary["ci95_high"] <= 1.0
+    # Same scores, same interval (fixed seed): a re-scored table reproduces its summary.
+    assert metrics.summarise(rows, ["a"])["a"]["ci95_low"] == summary["ci95_low"]
+
+
+def test_bootstrap_interval_narrows_with_more_cases_and_vanishes_without_spread():
+    rng = np.random.default_rng(1)
+    few, many = rng.uniform(0, 1, 8), rng.uniform(0, 1, 200)
+    width = [np.subtract(*metrics.bootstrap_ci(v)[::-1]) for v in (few, many)]
+    assert width[1] < width[0] / 2  # ~1/sqrt(n): 25 times the cases, a fifth of the width
+    assert metrics.bootstrap_ci(np.full(5, 0.7)) == pytest.approx((0.7, 0.7))
+    assert all(math.isnan(x) for x in metrics.bootstrap_ci(np.array([])))
+    # Normal-theory check: for 200 uniform values the 95 % interval is about +-1.96 SE.
+    se = many.std() / math.sqrt(many.size)
+    assert width[1] == pytest.approx(2 * 1.96 * se, rel=0.1)
+
+
 def test_keras_region_dice_matches_numpy_and_empty_rule():
     import keras
 

@@ -1,5 +1,5 @@
 """Command line: ``python -m Training <command> ...`` (prepare, fit, crossval, evaluate,
-postprocessing, export, import, ensemble, crossval-ensemble).
+compare, postprocessing, export, import, ensemble, crossval-ensemble).
 
 Heavy modules (Keras, TensorFlow) are imported inside the commands that need them, so that
 ``prepare`` and ``--help`` start quickly and the Keras backend can be chosen per command.
@@ -136,11 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_later_commands(sub: argparse._SubParsersAction, add_config) -> None:
-    from . import crossval, ensemble, evaluate, export, postprocessing
+    from . import compare, crossval, ensemble, evaluate, export, postprocessing
 
     crossval.add_parser(sub, add_config)
     ensemble.add_parsers(sub)
     evaluate.add_parser(sub)
+    compare.add_parser(sub)
     postprocessing.add_parser(sub)
     export.add_parsers(sub)
 

@@ -129,14 +129,9 @@ def fold_segmented(predictions: Path, run_dir: Path) -> bool:
 
 def print_out_of_fold(summary: dict[str, Any]) -> None:
     """Mean and median Dice and HD95 per region of an out-of-fold summary."""
-    from BrainTumorSegLib.labels import REGIONS
+    from .evaluate import print_summary
 
-    for region in REGIONS:
-        d, h = summary[f"dice_{region}"], summary[f"hd95_{region}"]
-        print(
-            f"out of fold {region}: Dice {d['mean']:.3f} (median {d['median']:.3f}), "
-            f"HD95 {h['mean']:.1f} mm (median {h['median']:.1f}), n={d['n']}"
-        )
+    print_summary(summary, prefix="out of fold ")
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:

@@ -3,8 +3,8 @@
 Predictions come from a folder (``<case>.nii.gz``, ``<case>_seg.nii.gz`` or the core's output
 layout ``<case>/segmentation.nii.gz``) or are produced by running a model package through
 :func:`BrainTumorSegLib.segment` on every case of the dataset. Writes ``cases.csv`` (one row
-per case), ``summary.csv``/``summary.json`` (mean, median, std, 25th/75th percentiles) and
-``boxplot.png``.
+per case), ``summary.csv``/``summary.json`` (mean, median, std, 25th/75th percentiles, bootstrap
+95 % interval of the mean) and ``boxplot.png``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from BrainTumorSegLib.labels import REGIONS, convention_to_classes
 from BrainTumorSegLib.load import load_volume
 
 from .dataset import Case, detect_convention, find_cases
-from .metrics import MEASURES, score_case, summarise
+from .metrics import MEASURES, SUMMARY_STATS, score_case, summarise
 
 
 def segmented_file(folder: Path, case_id: str) -> Path:
@@ -132,13 +132,22 @@ def write_scores(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, dict[st
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     with open(out_dir / "summary.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["measure", "mean", "median", "std", "p25", "p75", "n"])
+        writer.writerow(["measure", *SUMMARY_STATS])
         for key, stats in summary.items():
-            writer.writerow(
-                [key, *(stats[s] for s in ("mean", "median", "std", "p25", "p75", "n"))]
-            )
+            writer.writerow([key, *(stats[s] for s in SUMMARY_STATS)])
     box_plot(out_dir / "boxplot.png", rows)
     return summary
+
+
+def print_summary(summary: dict[str, dict[str, float]], prefix: str = "") -> None:
+    """Mean Dice with its bootstrap 95 % interval, median, and HD95 per region, one line each."""
+    for region in REGIONS:
+        d, h = summary[f"dice_{region}"], summary[f"hd95_{region}"]
+        print(
+            f"{prefix}{region}: Dice {d['mean']:.3f} (95 % CI {d['ci95_low']:.3f}-"
+            f"{d['ci95_high']:.3f}, median {d['median']:.3f}), "
+            f"HD95 {h['mean']:.1f} mm (median {h['median']:.1f}), n={d['n']}"
+        )
 
 
 def box_plot(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -183,12 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         prediction_labels=args.prediction_labels,
         case_ids=case_ids,
     )
-    for region in REGIONS:
-        d, h = summary[f"dice_{region}"], summary[f"hd95_{region}"]
-        print(
-            f"{region}: Dice {d['mean']:.3f} (median {d['median']:.3f}), "
-            f"HD95 {h['mean']:.1f} mm (median {h['median']:.1f}), n={d['n']}"
-        )
+    print_summary(summary)
     print(f"tables and box plot in {out_dir}")
     return 0
 

@@ -154,10 +154,11 @@ def record_choices(
         if not evaluation.is_file():
             raise InputError("evaluation summary not found", evaluation)
         summary = json.loads(evaluation.read_text(encoding="utf-8"))
-        kept = ("mean", "median", "n")
+        # Summaries written before the bootstrap interval have no ci95_* keys.
+        kept = ("mean", "median", "ci95_low", "ci95_high", "n")
         spec.metrics["evaluation"] = {
             "source": str(evaluation),
-            **{key: {k: stats[k] for k in kept} for key, stats in summary.items()},
+            **{key: {k: stats[k] for k in kept if k in stats} for key, stats in summary.items()},
         }
     if postprocessing is not None:
         if not postprocessing.is_file():
