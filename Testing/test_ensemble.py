@@ -125,6 +125,20 @@ def test_ensemble_memory_estimate_counts_every_network(tmp_path: Path):
     assert double == pytest.approx(2 * single)
 
 
+def test_ensemble_memory_estimate_counts_each_member_at_its_own_width(tmp_path: Path):
+    from BrainTumorSegLib.infer import estimate_memory_bytes, network_widths
+    from Training.ensemble import build_ensemble
+
+    narrow, wide = _pair(tmp_path)
+    meta = json.loads((wide / "model.json").read_text())
+    (wide / "model.json").write_text(json.dumps({**meta, "training": {"base_filters": 32}}))
+    build_ensemble([narrow, wide], tmp_path / "both")
+    both = load_model_spec(tmp_path / "both")
+    assert network_widths(both) == [network_widths(load_model_spec(narrow))[0], 32]
+    alone = [estimate_memory_bytes((64, 64, 64), load_model_spec(p)) for p in (narrow, wide)]
+    assert estimate_memory_bytes((64, 64, 64), both) == pytest.approx(sum(alone))
+
+
 def test_ensemble_files_must_be_a_list_of_names(tmp_path: Path):
     package = build_tiny_package(tmp_path / "one")
     meta = json.loads((package / "model.json").read_text())

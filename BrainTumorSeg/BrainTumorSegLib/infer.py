@@ -11,7 +11,7 @@ import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -170,12 +170,12 @@ def load_backend(spec: ModelSpec, threads: int | None = None) -> Backend:
     return backend
 
 
-def base_filters(spec: ModelSpec) -> int:
-    """Width of the network's first level, from the training metadata when it is there."""
-    training = spec.training or {}
+def _first_width(training: Any) -> int:
+    """First-level width recorded in a package's training metadata (default when absent)."""
+    if not isinstance(training, dict):
+        return DEFAULT_BASE_FILTERS
     try:
-        filters = training["config"]["network"]["filters"]
-        return int(filters[0])
+        return int(training["config"]["network"]["filters"][0])
     except (KeyError, IndexError, TypeError, ValueError):
         pass
     try:
@@ -184,15 +184,34 @@ def base_filters(spec: ModelSpec) -> int:
         return DEFAULT_BASE_FILTERS
 
 
+def base_filters(spec: ModelSpec) -> int:
+    """Width of the (first) network's first level, from the training metadata when it is there."""
+    return _first_width(spec.training or {})
+
+
+def network_widths(spec: ModelSpec) -> list[int]:
+    """First-level width of every network of the package (``file``, then ``ensemble_files``).
+
+    An ensemble records each member's training under ``training["ensemble"]``, so members of
+    different widths are each counted at their own; otherwise every network gets the first's.
+    """
+    count = 1 + len(spec.ensemble_files)  # not network_paths: a spec may have no folder yet
+    members = (spec.training or {}).get("ensemble")
+    if isinstance(members, list) and len(members) == count:
+        return [_first_width(m.get("training") if isinstance(m, dict) else None) for m in members]
+    return [base_filters(spec)] * count
+
+
 def estimate_memory_bytes(shape: tuple[int, ...], spec: ModelSpec) -> float:
     """Peak memory of one forward pass on a block of ``shape`` (calibrated, see above)."""
     voxels = float(np.prod(shape))
     # The networks of an ensemble run one after the other, but each ONNX Runtime session keeps
     # the memory arena of its last run, so their peaks add up (measured: RSS after the second
     # network's run minus after the first's is about one network's activations).
-    networks = 1 + len(spec.ensemble_files)
-    per_network = voxels * BYTES_PER_VOXEL_PER_BASE_FILTER * base_filters(spec)
-    return networks * (per_network + SESSION_OVERHEAD_BYTES)
+    return sum(
+        voxels * BYTES_PER_VOXEL_PER_BASE_FILTER * width + SESSION_OVERHEAD_BYTES
+        for width in network_widths(spec)
+    )
 
 
 def working_arrays_bytes(shape: tuple[int, ...], spec: ModelSpec) -> float:
