@@ -625,6 +625,13 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
     assert (tmp_path / "ens" / "fold2" / "model-2.onnx").is_file()
     assert (tmp_path / "ens" / "out-of-fold" / "cases.csv").read_text().splitlines() == rows
     assert ensembled["dice_WT"] == summary["dice_WT"]
+    # A machine that holds only some folds of the runs (crossval --only there): no fold0/.
+    for name, source in (("part-a", runs), ("part-b", twin)):
+        shutil.copytree(source / "fold2", tmp_path / name / "fold2")
+    part = crossval_ensemble(
+        [tmp_path / "part-a", tmp_path / "part-b"], dataset, tmp_path / "ens-part", only=[2]
+    )
+    assert part is None and (tmp_path / "ens-part" / "fold2" / "model-2.onnx").is_file()
     (twin / "fold1" / "split.json").write_text(
         json.dumps({**held_out[1], "validation": held_out[0]["validation"]})
     )

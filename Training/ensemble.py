@@ -129,13 +129,16 @@ def build_ensemble(
 
 
 def fold_count(run: Path) -> int:
-    """Number of folds of a crossval run folder (from its first fold's config)."""
+    """Number of folds of a crossval run folder (from the config of any of its folds).
+
+    Any fold will do: with ``--only`` a machine may hold only some folds of a run.
+    """
     from .config import load_config
 
-    config = Path(run) / "fold0" / "config.yaml"
-    if not config.is_file():
-        raise InputError("no fold0/config.yaml: not a crossval run folder (run crossval)", run)
-    return load_config(config).split.folds
+    configs = sorted(Path(run).glob("fold[0-9]*/config.yaml"))
+    if not configs:
+        raise InputError("no fold<k>/config.yaml: not a crossval run folder (run crossval)", run)
+    return load_config(configs[0]).split.folds
 
 
 def fold_packages(runs: list[Path], fold: int) -> tuple[list[Path], list[str]]:
