@@ -137,6 +137,11 @@ def test_ensemble_memory_estimate_counts_each_member_at_its_own_width(tmp_path: 
     assert network_widths(both) == [network_widths(load_model_spec(narrow))[0], 32]
     alone = [estimate_memory_bytes((64, 64, 64), load_model_spec(p)) for p in (narrow, wide)]
     assert estimate_memory_bytes((64, 64, 64), both) == pytest.approx(sum(alone))
+    # One member chosen to run alone is counted at its own width, not the first member's.
+    assert network_widths(resolve_model(tmp_path / "both" / "model-2.onnx")) == [32]
+    assert network_widths(resolve_model(tmp_path / "both" / "model.onnx")) == [
+        network_widths(load_model_spec(narrow))[0]
+    ]
 
 
 def test_ensemble_files_must_be_a_list_of_names(tmp_path: Path):

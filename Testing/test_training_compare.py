@@ -62,7 +62,8 @@ def test_a_consistent_gain_is_clear_and_counted(tmp_path: Path, capsys):
     assert rows["hd95_WT"]["difference"] == pytest.approx(-2.0)
     assert rows["hd95_WT"]["b_better"] == 12
     out = capsys.readouterr().out
-    assert "A = old, B = new, 12 cases in both" in out and "[B higher]" in out
+    assert "A = old, B = new, 12 cases in both" in out and out.count("[B better]") == 6
+    assert rows["dice_ET"]["sign_p"] == pytest.approx(2 / 2**12)
     assert (tmp_path / "c" / "comparison.png").stat().st_size > 1000
     header = (tmp_path / "c" / "comparison.csv").read_text().splitlines()[0]
     assert header.startswith("measure,mean_a,mean_b,difference,ci95_low,ci95_high")
@@ -83,6 +84,27 @@ def test_a_noisy_difference_is_not_called_clear(tmp_path: Path, capsys):
     assert "no clear difference" in capsys.readouterr().out
 
 
+def test_a_worse_candidate_and_too_few_cases(tmp_path: Path, capsys):
+    base = list(np.linspace(0.4, 0.8, 10))
+    a = _table(tmp_path / "runs" / "a" / "out-of-fold", _cases(base, [5.0] * 10))
+    b = _table(tmp_path / "runs" / "b" / "out-of-fold", _cases([x - 0.1 for x in base], [9.0] * 10))
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    # Both folders end in out-of-fold: the default names go up to where they differ.
+    assert "A = a/out-of-fold, B = b/out-of-fold" in out
+    # Lower Dice and higher HD95 are both worse.
+    assert out.count("[B worse]") == 6 and "[B better]" not in out
+    # Three cases that all gain: the interval excludes 0, but three cases decide nothing.
+    few = [f"case{i}" for i in range(3)]
+    a3 = _table(tmp_path / "a3", _cases([0.5] * 3, [5.0] * 3, few))
+    b3 = _table(tmp_path / "b3", _cases([0.6] * 3, [4.0] * 3, few))
+    assert main(["compare", str(a3), str(b3), "--output", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "no verdict" in out and out.count("[too few cases]") == 6
+    assert not _rows(tmp_path / "c")["dice_WT"]["clear"]
+    assert _rows(tmp_path / "c")["dice_WT"]["sign_p"] == pytest.approx(0.25)
+
+
 def test_only_shared_cases_are_paired(tmp_path: Path, capsys):
     a = _table(tmp_path / "a", _cases([0.5, 0.6, 0.7], [1, 2, 3], ["x", "y", "z"]))
     b = _table(tmp_path / "b", _cases([0.6, 0.7, 0.9], [1, 2, 3], ["y", "z", "w"]))
@@ -98,14 +120,28 @@ def test_only_shared_cases_are_paired(tmp_path: Path, capsys):
 def test_bad_tables_end_with_a_clear_error(tmp_path: Path, capsys):
     a = _table(tmp_path / "a", _cases([0.5], [1.0], ["x"]))
     b = _table(tmp_path / "b", _cases([0.5], [1.0], ["y"]))
-    assert main(["compare", str(a), str(b)]) == 2
+    out = ["--output", str(tmp_path / "c")]
+    assert main(["compare", str(a), str(b), *out]) == 2
     assert "share no case" in capsys.readouterr().err
-    assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
+    assert main(["compare", str(a), str(tmp_path / "missing"), *out]) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "no cases.csv here" in err
     other = tmp_path / "other.csv"
     other.write_text("case,score\nx,1\n")
-    assert main(["compare", str(a), str(other)]) == 2
+    assert main(["compare", str(a), str(other), *out]) == 2
     err = capsys.readouterr().err
     assert "other.csv" in err and "not a per-case score table" in err
+    # A case listed twice, a missing case id, a score that is not finite: each named.
+    header = (a / "cases.csv").read_text().splitlines()
+    for name, lines, message in (
+        ("twice", [header[0], header[1], header[1]], "case x is listed twice (line 3)"),
+        ("no-id", [header[0], "," + header[1].split(",", 1)[1]], "line 2 has no case_id"),
+        ("nan", [header[0], header[1].replace("0.5", "nan", 1)], "not a finite number"),
+    ):
+        bad = tmp_path / name / "cases.csv"
+        bad.parent.mkdir()
+        bad.write_text("\n".join(lines) + "\n")
+        assert main(["compare", str(a), str(bad), *out]) == 2
+        err = capsys.readouterr().err
+        assert message in err and name in err, err
     assert not (tmp_path / "c").exists()

@@ -632,6 +632,8 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
         [tmp_path / "part-a", tmp_path / "part-b"], dataset, tmp_path / "ens-part", only=[2]
     )
     assert part is None and (tmp_path / "ens-part" / "fold2" / "model-2.onnx").is_file()
+    with pytest.raises(InputError, match="fold 0 is not here.*--only"):
+        crossval_ensemble([tmp_path / "part-a", tmp_path / "part-b"], dataset, tmp_path / "e2")
     (twin / "fold1" / "split.json").write_text(
         json.dumps({**held_out[1], "validation": held_out[0]["validation"]})
     )

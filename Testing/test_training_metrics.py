@@ -110,6 +110,7 @@ def test_bootstrap_interval_narrows_with_more_cases_and_vanishes_without_spread(
     width = [np.subtract(*metrics.bootstrap_ci(v)[::-1]) for v in (few, many)]
     assert width[1] < width[0] / 2  # ~1/sqrt(n): 25 times the cases, a fifth of the width
     assert metrics.bootstrap_ci(np.full(5, 0.7)) == pytest.approx((0.7, 0.7))
+    assert metrics.bootstrap_ci(few[::-1]) == metrics.bootstrap_ci(few)  # order-free
     assert all(math.isnan(x) for x in metrics.bootstrap_ci(np.array([])))
     # Normal-theory check: for 200 uniform values the 95 % interval is about +-1.96 SE.
     se = many.std() / math.sqrt(many.size)

@@ -4,10 +4,11 @@ Reads two per-case score tables (``cases.csv`` written by ``evaluate``, ``crossv
 ``crossval-ensemble`` or ``postprocessing``) and pairs them case by case. For each region it
 reports both means, the mean difference B - A with a paired bootstrap 95 % interval (the cases
 are resampled together, so what the two share, such as a hard case, cancels out), and on how
-many cases B is better, worse or equal. With a few dozen cases a difference of a few hundredths
-of Dice is often inside that interval: the table says so instead of leaving it to a glance at
-two means. Writes ``comparison.csv``/``comparison.json`` and ``comparison.png`` (each case's
-Dice under A and under B, joined by a line).
+many cases B is better, worse or equal, with the two-sided sign-test p-value of those counts.
+Below ``MIN_CASES`` shared cases no verdict is given at all. With a few dozen cases a
+difference of a few hundredths of Dice is often inside that interval: the table says so instead
+of leaving it to a glance at two means. Writes ``comparison.csv``/``comparison.json`` and
+``comparison.png`` (each case's Dice under A and under B, joined by a line).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,9 @@ from .metrics import bootstrap_ci
 COMPARED = {"dice": True, "hd95": False}
 # Differences smaller than this count as a tie (rounding in the tables, not a change).
 TIE = 1e-6
+# Fewer shared cases than this get no verdict: a percentile interval of very few paired
+# differences that share a sign excludes zero whatever their number (one case would do).
+MIN_CASES = 10
 
 
 def read_case_scores(path: Path) -> dict[str, dict[str, float]]:
@@ -43,10 +48,31 @@ def read_case_scores(path: Path) -> dict[str, dict[str, float]]:
         raise InputError(
             f"not a per-case score table (needs case_id and {', '.join(sorted(needed))})", file
         )
-    try:
-        return {row["case_id"]: {k: float(row[k]) for k in needed} for row in rows}
-    except ValueError as e:
-        raise InputError(f"a score is not a number ({e})", file) from e
+    scores: dict[str, dict[str, float]] = {}
+    for line, row in enumerate(rows, start=2):
+        case = (row["case_id"] or "").strip()
+        if not case:
+            raise InputError(f"line {line} has no case_id", file)
+        if case in scores:
+            raise InputError(f"case {case} is listed twice (line {line})", file)
+        try:
+            values = {k: float(row[k]) for k in needed}
+        except (TypeError, ValueError) as e:
+            raise InputError(f"case {case}: a score is not a number ({e})", file) from e
+        bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+        if bad:
+            raise InputError(f"case {case}: {', '.join(bad)} not a finite number", file)
+        scores[case] = values
+    return scores
+
+
+def sign_test_p(better: int, worse: int) -> float:
+    """Exact two-sided sign-test p-value of ``better`` against ``worse`` (ties left out)."""
+    n = better + worse
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(better, worse) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
 
 
 def compare_scores(
@@ -65,6 +91,7 @@ def compare_scores(
             diff = vb - va
             gain = diff if higher_is_better else -diff
             low, high = bootstrap_ci(diff)
+            better, worse = int((gain > TIE).sum()), int((gain < -TIE).sum())
             rows.append(
                 {
                     "measure": key,
@@ -73,11 +100,13 @@ def compare_scores(
                     "difference": float(diff.mean()),
                     "ci95_low": low,
                     "ci95_high": high,
-                    "b_better": int((gain > TIE).sum()),
-                    "b_worse": int((gain < -TIE).sum()),
+                    "b_better": better,
+                    "b_worse": worse,
                     "equal": int((np.abs(diff) <= TIE).sum()),
-                    # The interval excludes zero: a difference these cases support.
-                    "clear": bool(low > 0 or high < 0),
+                    "sign_p": sign_test_p(better, worse),
+                    # The interval excludes zero (with enough cases to say so): a difference
+                    # these cases support.
+                    "clear": bool(len(cases) >= MIN_CASES and (low > 0 or high < 0)),
                 }
             )
     return {
@@ -129,6 +158,8 @@ def write_comparison(
 ) -> None:
     """``comparison.csv``, ``comparison.json`` and ``comparison.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The plot first: if drawing fails, no table is left behind without it.
+    comparison_plot(out_dir / "comparison.png", a, b, result["cases"], names)
     document = {"a": names[0], "b": names[1], **result}
     (out_dir / "comparison.json").write_text(
         json.dumps(document, indent=1) + "\n", encoding="utf-8"
@@ -137,7 +168,6 @@ def write_comparison(
         writer = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
         writer.writeheader()
         writer.writerows(result["rows"])
-    comparison_plot(out_dir / "comparison.png", a, b, result["cases"], names)
 
 
 def print_comparison(result: dict[str, Any], names: tuple[str, str]) -> None:
@@ -146,22 +176,46 @@ def print_comparison(result: dict[str, Any], names: tuple[str, str]) -> None:
     for side, key in (("A", "only_in_a"), ("B", "only_in_b")):
         if result[key]:
             print(f"warning: left out, only in {side}: {', '.join(result[key])}")
+    few = len(result["cases"]) < MIN_CASES
+    if few:
+        print(f"fewer than {MIN_CASES} shared cases: no verdict, read the figures only")
     for row in result["rows"]:
-        digits = 3 if row["measure"].startswith("dice") else 1
-        verdict = "B higher" if row["ci95_low"] > 0 else "B lower" if row["ci95_high"] < 0 else ""
+        measure = row["measure"].split("_")[0]
+        digits = 3 if measure == "dice" else 1
+        if few:
+            verdict = "too few cases"
+        elif row["clear"]:
+            # Direction-aware: for HD95 a lower B is the better one.
+            gained = (row["difference"] > 0) == COMPARED[measure]
+            verdict = "B better" if gained else "B worse"
+        else:
+            verdict = "within the interval: no clear difference"
         print(
             f"{row['measure']:>9}: A {row['mean_a']:.{digits}f}  B {row['mean_b']:.{digits}f}  "
             f"B-A {row['difference']:+.{digits}f} (95 % CI {row['ci95_low']:+.{digits}f} to "
             f"{row['ci95_high']:+.{digits}f})  B better on {row['b_better']}, worse on "
-            f"{row['b_worse']}, equal on {row['equal']}"
-            + (f"  [{verdict}]" if verdict else "  [within the interval: no clear difference]")
+            f"{row['b_worse']}, equal on {row['equal']} (sign test p={row['sign_p']:.2g})"
+            f"  [{verdict}]"
         )
+
+
+def default_names(a: Path, b: Path) -> tuple[str, str]:
+    """Short names of two tables: the last folder names that tell them apart.
+
+    ``runs/a/out-of-fold`` and ``runs/b/out-of-fold`` become ``a/out-of-fold`` and
+    ``b/out-of-fold``; the same folder twice gives ``A`` and ``B``.
+    """
+    parts = [(p if p.is_dir() else p.parent).resolve().parts for p in (a, b)]
+    for depth in range(1, max(len(parts[0]), len(parts[1])) + 1):
+        first, second = ("/".join(q[-depth:]) for q in parts)
+        if first != second:
+            return first, second
+    return "A", "B"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     paths = (Path(args.a), Path(args.b))
-    # Default names: the evaluate folder's name (its parent's for a cases.csv file).
-    names = tuple(args.names or (p.name if p.is_dir() else p.parent.name for p in paths))
+    names = tuple(args.names or default_names(*paths))
     a, b = (read_case_scores(p) for p in paths)
     try:
         result = compare_scores(a, b)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -135,7 +136,11 @@ def fold_count(run: Path) -> int:
     """
     from .config import load_config
 
-    configs = sorted(Path(run).glob("fold[0-9]*/config.yaml"))
+    configs = sorted(
+        d / "config.yaml"
+        for d in Path(run).glob("fold*")
+        if re.fullmatch(r"fold\d+", d.name) and (d / "config.yaml").is_file()
+    )
     if not configs:
         raise InputError("no fold<k>/config.yaml: not a crossval run folder (run crossval)", run)
     return load_config(configs[0]).split.folds
@@ -146,6 +151,12 @@ def fold_packages(runs: list[Path], fold: int) -> tuple[list[Path], list[str]]:
     packages, held_out = [], None
     for run in runs:
         run_dir = Path(run) / f"fold{fold}"
+        if not run_dir.is_dir():
+            raise InputError(
+                f"fold {fold} is not here: not trained yet, or on another machine (give "
+                "--only with the folds this one holds)",
+                run,
+            )
         validation = held_out_cases(run_dir)
         package = run_dir / "package"
         if not (package / "model.json").is_file():

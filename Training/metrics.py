@@ -126,7 +126,8 @@ def bootstrap_ci(
     is what decides whether two models or a model and a target really differ. The fixed seed
     makes the same scores give the same interval every time.
     """
-    values = np.asarray(values, dtype=float)
+    # Sorted: the same scores listed in another order give the same interval.
+    values = np.sort(np.asarray(values, dtype=float))
     if values.size == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)

@@ -190,16 +190,19 @@ def base_filters(spec: ModelSpec) -> int:
 
 
 def network_widths(spec: ModelSpec) -> list[int]:
-    """First-level width of every network of the package (``file``, then ``ensemble_files``).
+    """First-level width of every network the spec runs (``file``, then ``ensemble_files``).
 
-    An ensemble records each member's training under ``training["ensemble"]``, so members of
-    different widths are each counted at their own; otherwise every network gets the first's.
+    An ensemble records each member's training under ``training["ensemble"]`` with its file
+    name, so each network is counted at its own width, also when one member is chosen to run
+    alone (``--model pkg/model-2.onnx``); a name not listed there gets the first network's.
     """
-    count = 1 + len(spec.ensemble_files)  # not network_paths: a spec may have no folder yet
+    by_file: dict[str, int] = {}
     members = (spec.training or {}).get("ensemble")
-    if isinstance(members, list) and len(members) == count:
-        return [_first_width(m.get("training") if isinstance(m, dict) else None) for m in members]
-    return [base_filters(spec)] * count
+    for member in members if isinstance(members, list) else []:
+        if isinstance(member, dict) and isinstance(member.get("file"), str):
+            by_file[member["file"]] = _first_width(member.get("training"))
+    first = base_filters(spec)
+    return [by_file.get(name, first) for name in [spec.file, *spec.ensemble_files]]
 
 
 def estimate_memory_bytes(shape: tuple[int, ...], spec: ModelSpec) -> float:
