@@ -102,6 +102,7 @@ def test_a_worse_candidate_and_too_few_cases(tmp_path: Path, capsys):
     out = capsys.readouterr().out
     assert "no verdict" in out and out.count("[too few cases]") == 6
     assert not _rows(tmp_path / "c")["dice_WT"]["clear"]
+    assert _rows(tmp_path / "c")["dice_WT"]["verdict"] == "too few cases"
     assert _rows(tmp_path / "c")["dice_WT"]["sign_p"] == pytest.approx(0.25)
 
 
@@ -132,11 +133,11 @@ def test_bad_tables_end_with_a_clear_error(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "other.csv" in err and "not a per-case score table" in err
     # A case listed twice, a missing case id, a score that is not finite: each named.
-    header = (a / "cases.csv").read_text().splitlines()
+    header, row = (a / "cases.csv").read_text().splitlines()
     for name, lines, message in (
-        ("twice", [header[0], header[1], header[1]], "case x is listed twice (line 3)"),
-        ("no-id", [header[0], "," + header[1].split(",", 1)[1]], "line 2 has no case_id"),
-        ("nan", [header[0], header[1].replace("0.5", "nan", 1)], "not a finite number"),
+        ("twice", [header, row, row], "case x is listed twice (line 3)"),
+        ("no-id", [header, "," + row.split(",", 1)[1]], "line 2 has no case_id"),
+        ("nan", [header, row.replace("0.5", "nan", 1)], "not a finite number"),
     ):
         bad = tmp_path / name / "cases.csv"
         bad.parent.mkdir()

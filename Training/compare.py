@@ -82,6 +82,7 @@ def compare_scores(
     cases = sorted(set(a) & set(b))
     if not cases:
         raise ValueError("the two tables share no case")
+    enough = len(cases) >= MIN_CASES
     rows = []
     for measure, higher_is_better in COMPARED.items():
         for region in REGIONS:
@@ -92,6 +93,15 @@ def compare_scores(
             gain = diff if higher_is_better else -diff
             low, high = bootstrap_ci(diff)
             better, worse = int((gain > TIE).sum()), int((gain < -TIE).sum())
+            # The interval excludes zero (with enough cases to say so): a difference these
+            # cases support, named by its direction (for HD95 a lower B is the better one).
+            clear = enough and (low > 0 or high < 0)
+            if not enough:
+                verdict = "too few cases"
+            elif clear:
+                verdict = "B better" if gain.mean() > 0 else "B worse"
+            else:
+                verdict = "within the interval: no clear difference"
             rows.append(
                 {
                     "measure": key,
@@ -104,9 +114,8 @@ def compare_scores(
                     "b_worse": worse,
                     "equal": int((np.abs(diff) <= TIE).sum()),
                     "sign_p": sign_test_p(better, worse),
-                    # The interval excludes zero (with enough cases to say so): a difference
-                    # these cases support.
-                    "clear": bool(len(cases) >= MIN_CASES and (low > 0 or high < 0)),
+                    "clear": bool(clear),
+                    "verdict": verdict,
                 }
             )
     return {
@@ -176,26 +185,16 @@ def print_comparison(result: dict[str, Any], names: tuple[str, str]) -> None:
     for side, key in (("A", "only_in_a"), ("B", "only_in_b")):
         if result[key]:
             print(f"warning: left out, only in {side}: {', '.join(result[key])}")
-    few = len(result["cases"]) < MIN_CASES
-    if few:
+    if len(result["cases"]) < MIN_CASES:
         print(f"fewer than {MIN_CASES} shared cases: no verdict, read the figures only")
     for row in result["rows"]:
-        measure = row["measure"].split("_")[0]
-        digits = 3 if measure == "dice" else 1
-        if few:
-            verdict = "too few cases"
-        elif row["clear"]:
-            # Direction-aware: for HD95 a lower B is the better one.
-            gained = (row["difference"] > 0) == COMPARED[measure]
-            verdict = "B better" if gained else "B worse"
-        else:
-            verdict = "within the interval: no clear difference"
+        digits = 3 if row["measure"].startswith("dice") else 1
         print(
             f"{row['measure']:>9}: A {row['mean_a']:.{digits}f}  B {row['mean_b']:.{digits}f}  "
             f"B-A {row['difference']:+.{digits}f} (95 % CI {row['ci95_low']:+.{digits}f} to "
             f"{row['ci95_high']:+.{digits}f})  B better on {row['b_better']}, worse on "
             f"{row['b_worse']}, equal on {row['equal']} (sign test p={row['sign_p']:.2g})"
-            f"  [{verdict}]"
+            f"  [{row['verdict']}]"
         )
 
 
