@@ -310,6 +310,7 @@ def test_export_round_trips_through_the_core(trained_run: Path, dataset: Path, t
     assert spec.spacing_mm == [3.0, 3.0, 3.0] and spec.keras_file == "model.keras"
     assert spec.training["config"]["network"]["filters"] == [4, 8, 16]
     assert "val_dice_WT" in spec.metrics
+    assert spec.metrics["onnx_converter"] == "onnx_graph"  # the project's own writer
     session = ort.InferenceSession(str(package / "model.onnx"))
     dims = session.get_inputs()[0].shape
     assert not any(isinstance(d, int) for d in dims[:4]) and dims[4] == 4
@@ -322,6 +323,34 @@ def test_export_round_trips_through_the_core(trained_run: Path, dataset: Path, t
     result = segment(inputs, tmp_path / "out", model=package, overlay=False)
     assert result.classes.shape == (48, 48, 40)
     assert (tmp_path / "out" / "segmentation.nii.gz").is_file()
+
+
+def test_repackage_writes_the_onnx_again_with_the_same_weights_and_metadata(
+    trained_run: Path, tmp_path: Path
+):
+    import onnxruntime as ort
+
+    from BrainTumorSegLib.model import load_model_spec
+    from Training.export import export_run, repackage
+
+    old = tmp_path / "old"
+    export_run(trained_run, old, checkpoint="last", tta=True)
+    new = tmp_path / "new"
+    spec = repackage(old, new, version="9.1")
+    before = load_model_spec(old)
+    assert spec.version == "9.1" and spec.training["repackaged_from"] == "tiny-test 0"
+    assert spec.test_time_augmentation and spec.training["config"] == before.training["config"]
+    assert spec.metrics["val_dice_WT"] == before.metrics["val_dice_WT"]
+    assert spec.metrics["onnx_converter"] == "onnx_graph"
+    x = np.random.default_rng(2).normal(size=(1, 8, 16, 24, 4)).astype(np.float32)
+    outputs = []
+    for package in (old, new):
+        session = ort.InferenceSession(str(package / "model.onnx"))
+        outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+    assert np.abs(outputs[0] - outputs[1]).max() < 1e-4
+    with pytest.raises(InputError, match="another folder"):
+        repackage(old, old)
+    assert load_model_spec(old).version == "0"  # untouched
 
 
 def test_evaluate_writes_tables_and_perfect_scores(dataset: Path, tmp_path: Path):
