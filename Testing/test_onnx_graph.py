@@ -41,9 +41,9 @@ def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
     "norm, upsampling, output, filters, dropout",
     [
         ("instance", "transpose", "sigmoid", [4, 8, 16], 0.0),  # the shipped model's kind
-        ("group", "upsample", "softmax", [16, 16, 24], 0.0),  # 8 groups of 2-3 channels
+        ("group", "nearest", "softmax", [16, 16, 24], 0.0),  # 8 groups of 2-3 channels
         ("batch", "transpose", "softmax", [4, 8, 16], 0.2),  # the seed model's kind
-        ("none", "upsample", "sigmoid", [4, 8, 16], 0.0),
+        ("none", "nearest", "sigmoid", [4, 8, 16], 0.0),
     ],
 )
 def test_written_graph_matches_keras(norm, upsampling, output, filters, dropout, tmp_path):
@@ -108,6 +108,41 @@ def test_unsupported_layer_is_named(tmp_path: Path):
     model = keras.Model(inputs, keras.layers.Conv3D(3, 1, activation="sigmoid")(x))
     with pytest.raises(UnsupportedNetwork, match="'leaky' of type LeakyReLU"):
         write_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _one_layer_model(layer):
+    import keras
+
+    inputs = keras.Input(shape=(None, None, None, 4))
+    return keras.Model(inputs, layer(inputs))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda k: k.layers.Conv3D(4, 3, strides=2, padding="same"), "strides"),
+        (lambda k: k.layers.Conv3D(4, 3, dilation_rate=2, padding="same"), "dilation"),
+        (lambda k: k.layers.Conv3D(4, 2, padding="same"), "even kernel"),
+        (lambda k: k.layers.MaxPooling3D(2, padding="same"), "padding 'same'"),
+        (lambda k: k.layers.Conv3DTranspose(4, 2, strides=2, padding="same"), "padding or stride"),
+        (lambda k: k.layers.Conv3DTranspose(4, 1, strides=2), "padding or stride"),
+        (lambda k: k.layers.ReLU(threshold=0.5), "of type ReLU"),
+        (lambda k: k.layers.ReLU(max_value=6.0), "of type ReLU"),
+        (lambda k: k.layers.BatchNormalization(renorm=True), "renormalisation"),
+        (lambda k: k.layers.Conv3D(4, 3, padding="same", dtype="mixed_float16"), "mixed precision"),
+        (lambda k: k.layers.Activation("tanh"), "activation 'tanh'"),
+    ],
+)
+def test_options_it_cannot_reproduce_are_refused(make, message, tmp_path: Path):
+    """A layer option the writer would get wrong is refused (the exporter then falls back),
+    never translated approximately."""
+    import keras
+
+    from Training.onnx_graph import UnsupportedNetwork, write_onnx
+
+    with pytest.raises(UnsupportedNetwork, match=message):
+        write_onnx(_one_layer_model(make(keras)), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 
 

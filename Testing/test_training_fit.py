@@ -335,13 +335,19 @@ def test_repackage_writes_the_onnx_again_with_the_same_weights_and_metadata(
 
     old = tmp_path / "old"
     export_run(trained_run, old, checkpoint="last", tta=True)
+    # As if written by the generic converter: the new package must not keep these figures.
+    meta = json.loads((old / "model.json").read_text())
+    meta["metrics"].update(onnx_converter="tf2onnx", onnx_max_abs_difference=0.5)
+    (old / "model.json").write_text(json.dumps(meta))
     new = tmp_path / "new"
-    spec = repackage(old, new, version="9.1")
+    spec = repackage(old / "model.json", new, version="9.1")  # the folder or its model.json
     before = load_model_spec(old)
     assert spec.version == "9.1" and spec.training["repackaged_from"] == "tiny-test 0"
     assert spec.test_time_augmentation and spec.training["config"] == before.training["config"]
     assert spec.metrics["val_dice_WT"] == before.metrics["val_dice_WT"]
     assert spec.metrics["onnx_converter"] == "onnx_graph"
+    assert spec.metrics["onnx_max_abs_difference"] < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old"]  # no staging left
     x = np.random.default_rng(2).normal(size=(1, 8, 16, 24, 4)).astype(np.float32)
     outputs = []
     for package in (old, new):
@@ -351,6 +357,12 @@ def test_repackage_writes_the_onnx_again_with_the_same_weights_and_metadata(
     with pytest.raises(InputError, match="another folder"):
         repackage(old, old)
     assert load_model_spec(old).version == "0"  # untouched
+    from Training.cli import main
+
+    assert (
+        main(["export", "--package", str(old), "--output", str(new), "--checkpoint", "last"]) == 2
+    )
+    assert load_model_spec(new).version == "9.1"  # a refused call leaves the package as it was
 
 
 def test_evaluate_writes_tables_and_perfect_scores(dataset: Path, tmp_path: Path):

@@ -21,7 +21,6 @@ import argparse
 import json
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ def build_ensemble(
     assembled in a temporary folder beside ``out_dir`` and moved into place when complete, so
     a failed call leaves an existing ``out_dir`` as it was.
     """
-    from .export import record_choices
+    from .export import record_choices, staged_folder
 
     if len(packages) < 2:
         raise InputError("an ensemble needs at least two model packages")
@@ -109,21 +108,12 @@ def build_ensemble(
         spec.version = version
     # Before any file is touched: a mistyped --metrics/--postprocessing changes nothing.
     record_choices(spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
-    staging.mkdir()
-    try:
+    with staged_folder(out_dir) as staging:
         if first.keras_file:  # the first member's Keras twin serves the optional Keras backend
             shutil.copy2(first.folder / first.keras_file, staging / first.keras_file)
         for index, member in enumerate(specs):
             shutil.copy2(member.folder / member.file, staging / member_file(index))
         spec.write(staging / "model.json")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     spec.folder = out_dir
     print(f"ensemble of {len(specs)} networks written to {out_dir}")
     return spec

@@ -6,8 +6,8 @@ with the training config and validation metrics). The ONNX and Keras outputs are
 test input before the package is written.
 
 The trainer's U-Nets are written to ONNX by :mod:`Training.onnx_graph` (channels-first inside,
-fused instance normalisation: about twice as fast in ONNX Runtime), on any Keras backend. Other
-networks (e.g. an imported seed model with layers it does not translate) fall back to Keras 3
+fused instance normalisation: 1.7x faster in ONNX Runtime on the shipped U-Net), on any Keras
+backend. Other networks (layers or options it does not translate) fall back to Keras 3
 ``model.export(format="onnx")`` on the TensorFlow backend (it needs ``tf2onnx``); under another
 backend that step re-runs itself in a TensorFlow subprocess, since the ``.keras`` file is
 backend-independent.
@@ -16,11 +16,15 @@ backend-independent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +77,7 @@ def convert_to_onnx(
 
     model = _keras().models.load_model(keras_path, compile=False)
     try:
-        with tempfile.TemporaryDirectory(dir=onnx_path.parent) as tmp:
-            tmp_path = Path(tmp) / "model.onnx"
-            write_onnx(model, tmp_path)
-            os.replace(tmp_path, onnx_path)  # never a half-written model.onnx
+        write_onnx(model, onnx_path)
     except UnsupportedNetwork as e:
         print(f"note: {e}; converting with Keras' generic ONNX export (tf2onnx)")
         return convert_with_tf2onnx(keras_path, onnx_path, test_shape), "tf2onnx"
@@ -148,24 +149,42 @@ def network_depth(model: Any) -> int:
     return sum(1 for layer in model.layers if "pooling3d" in type(layer).__name__.lower())
 
 
+@contextlib.contextmanager
+def staged_folder(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder beside ``out_dir`` to assemble a package in; when the block ends without
+    an error it replaces ``out_dir``, otherwise it is removed and ``out_dir`` stays as it was."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    try:
+        yield staging
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
 def write_package(model: Any, spec: ModelSpec, out_dir: Path) -> ModelSpec:
-    """Save ``model.keras``, convert and check ``model.onnx``, then write ``model.json`` last."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keras_path = out_dir / "model.keras"
-    model.save(keras_path)
-    difference, converter = convert_to_onnx(
-        keras_path, out_dir / "model.onnx", test_shape(spec, network_depth(model))
-    )
-    if not difference <= TOLERANCE:
-        raise RuntimeError(f"ONNX and Keras outputs differ by {difference:.2e} (> {TOLERANCE})")
-    spec.file = "model.onnx"
-    spec.keras_file = "model.keras"
-    spec.metrics = {
-        **spec.metrics,
-        "onnx_max_abs_difference": difference,
-        "onnx_converter": converter,
-    }
-    spec.write(out_dir / "model.json")  # last: a package with model.json is complete
+    """Save ``model.keras``, convert and check ``model.onnx``, write ``model.json``; the
+    package is assembled beside ``out_dir`` and replaces it only when complete."""
+    with staged_folder(out_dir) as staging:
+        keras_path = staging / "model.keras"
+        model.save(keras_path)
+        difference, converter = convert_to_onnx(
+            keras_path, staging / "model.onnx", test_shape(spec, network_depth(model))
+        )
+        if not difference <= TOLERANCE:
+            raise RuntimeError(f"ONNX and Keras outputs differ by {difference:.2e} (> {TOLERANCE})")
+        spec.file = "model.onnx"
+        spec.keras_file = "model.keras"
+        spec.metrics = {
+            **spec.metrics,
+            "onnx_max_abs_difference": difference,
+            "onnx_converter": converter,
+        }
+        spec.write(staging / "model.json")
     print(f"model package written to {out_dir} (ONNX vs Keras max difference {difference:.1e})")
     return spec
 
@@ -270,14 +289,15 @@ def repackage(
         )
     if not spec.keras_file:
         raise InputError("the package has no Keras file to convert from", package_dir)
-    if out_dir.resolve() == package_dir.resolve():
+    if out_dir.resolve() == spec.folder.resolve():
         raise InputError("write the new package to another folder", out_dir)
-    keras_path = package_dir / spec.keras_file
+    keras_path = spec.folder / spec.keras_file
     model = strip_training_state(_keras().models.load_model(keras_path, compile=False))
     spec.training = {**spec.training, "repackaged_from": f"{spec.name} {spec.version}"}
     if version:
         spec.version = version
     spec.folder = None
+    spec.input_layout = "channels_last"  # what the writers produce
     spec.metrics = {k: v for k, v in spec.metrics.items() if not k.startswith("onnx_")}
     record_choices(spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta)
     return write_package(model, spec, out_dir)
@@ -333,10 +353,15 @@ def choice_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.package:
+        if args.checkpoint:
+            raise InputError("--checkpoint chooses from a run; a package has one network")
         repackage(Path(args.package), Path(args.output), **choice_arguments(args))
     else:
         export_run(
-            Path(args.run), Path(args.output), checkpoint=args.checkpoint, **choice_arguments(args)
+            Path(args.run),
+            Path(args.output),
+            checkpoint=args.checkpoint or "best",
+            **choice_arguments(args),
         )
     return 0
 
@@ -382,7 +407,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="an existing package: convert its model.keras again (same weights and metadata)",
     )
     p.add_argument("--output", required=True, help="model package folder to write")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument(
+        "--checkpoint", choices=["best", "last"], help="with --run: which one (default best)"
+    )
     add_choice_options(p)
     p.set_defaults(func=cmd_export)
 

@@ -2,11 +2,12 @@
 
 A generic Keras-to-ONNX conversion keeps the Keras channels-last layout, so every convolution
 is wrapped in two layout Transposes, and it spells each instance normalisation out as about
-ten small operators (ReduceMean, Sub, Mul, Sqrt, ...). Those were 43 % of ONNX Runtime's time
-on the shipped U-Net. This module walks the model's layer graph instead and writes it
-channels-first, with one ``InstanceNormalization`` node per normalisation layer and a single
-Transpose at the input and one at the output, so the file keeps the package contract: input
-``(N, X, Y, Z, C)`` and output ``(N, X, Y, Z, K)``, channels-last, dynamic sizes.
+ten small operators (ReduceMean, Sub, Mul, Sqrt, ...). On the shipped U-Net those and the
+Transposes took 42 % of ONNX Runtime's kernel time. This module walks the model's layer graph
+instead and writes it channels-first, with one ``InstanceNormalization`` node per instance
+normalisation layer and a single Transpose at the input and one at the output, so the file
+keeps the package contract: input ``(N, X, Y, Z, C)`` and output ``(N, X, Y, Z, K)``,
+channels-last, dynamic sizes.
 
 Only the layers the trainer's networks are made of are translated (convolutions, transposed
 convolutions, instance/group/batch normalisation, ReLU/sigmoid/softmax, max pooling, nearest
@@ -203,6 +204,8 @@ def _group_norm(graph: _Graph, x: str, layer: Any, cfg: dict[str, Any], name: st
 def _batch_norm(graph: _Graph, x: str, layer: Any, cfg: dict[str, Any], name: str) -> str:
     if cfg.get("axis", -1) not in (-1, 4):
         raise UnsupportedNetwork(f"batch normalisation {name!r} is not over the channel axis")
+    if cfg.get("renorm"):
+        raise UnsupportedNetwork(f"batch normalisation {name!r} uses renormalisation")
     channels = int(cfg["build_config_channels"])
     gamma, beta, (mean, variance) = _affine_parameters(layer, cfg, channels)
     inputs = [gamma, beta, mean, variance]
@@ -235,6 +238,17 @@ def _upsample(graph: _Graph, x: str, cfg: dict[str, Any], name: str) -> str:
     )
 
 
+def _check_plain(layer: Any, cfg: dict[str, Any], name: str) -> None:
+    """Refuse what the weights alone would not reproduce: float16 computation (a graph of
+    float32 nodes would differ from it) and LoRA adapters (not in ``get_weights()``'s kernel)."""
+    policy = getattr(layer, "dtype_policy", None)
+    compute = getattr(policy, "compute_dtype", "float32")
+    if compute != "float32":
+        raise UnsupportedNetwork(f"layer {name!r} computes in {compute} (mixed precision)")
+    if cfg.get("lora_rank"):
+        raise UnsupportedNetwork(f"layer {name!r} has a LoRA adapter")
+
+
 def _channels(layer_config: dict[str, Any]) -> int:
     shape = (layer_config.get("build_config") or {}).get("input_shape")
     if not shape or not isinstance(shape[-1], int):
@@ -251,6 +265,16 @@ def _endpoints(config: dict[str, Any], key: str) -> list[list[Any]]:
 
 def build_onnx(model: Any) -> Any:
     """The ONNX ``ModelProto`` of a Keras functional 3D U-Net (see the module docstring)."""
+    try:
+        return _build(model)
+    except UnsupportedNetwork:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        # A configuration this writer did not foresee: refuse rather than guess.
+        raise UnsupportedNetwork(f"cannot translate the model ({type(e).__name__}: {e})") from e
+
+
+def _build(model: Any) -> Any:
     from onnx import TensorProto, helper
 
     config = model.get_config()
@@ -272,6 +296,7 @@ def build_onnx(model: Any) -> Any:
             continue
         sources = [tensors[s] for s in _inputs_of(layer_config)]
         layer = model.get_layer(name)
+        _check_plain(layer, cfg, name)
         x = sources[0]
         if kind != "Concatenate" and len(sources) != 1:
             raise UnsupportedNetwork(f"layer {name!r} has {len(sources)} inputs")
@@ -289,7 +314,9 @@ def build_onnx(model: Any) -> Any:
             )
         elif kind == "Activation":
             out = _activation(graph, x, cfg["activation"], name)
-        elif kind == "ReLU" and not cfg.get("max_value") and not cfg.get("negative_slope"):
+        elif kind == "ReLU" and not any(
+            cfg.get(k) for k in ("max_value", "negative_slope", "threshold")
+        ):
             out = _activation(graph, x, "relu", name)
         elif kind == "MaxPooling3D":
             out = _pool(graph, x, cfg, name)
@@ -332,6 +359,9 @@ def write_onnx(model: Any, path: Path) -> None:
     import onnx
 
     proto = build_onnx(model)
-    onnx.checker.check_model(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise UnsupportedNetwork(f"the written graph is not valid ONNX ({e})") from e
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
