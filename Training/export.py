@@ -75,6 +75,8 @@ def convert_to_onnx(
     """
     from .onnx_graph import UnsupportedNetwork, write_onnx
 
+    # From the saved file, not the model in memory: the check below then also proves that the
+    # shipped .keras loads and matches the ONNX file.
     model = _keras().models.load_model(keras_path, compile=False)
     try:
         write_onnx(model, onnx_path)
@@ -179,6 +181,7 @@ def write_package(model: Any, spec: ModelSpec, out_dir: Path) -> ModelSpec:
             raise RuntimeError(f"ONNX and Keras outputs differ by {difference:.2e} (> {TOLERANCE})")
         spec.file = "model.onnx"
         spec.keras_file = "model.keras"
+        spec.input_layout = "channels_last"  # what both converters write
         spec.metrics = {
             **spec.metrics,
             "onnx_max_abs_difference": difference,
@@ -297,8 +300,6 @@ def repackage(
     if version:
         spec.version = version
     spec.folder = None
-    spec.input_layout = "channels_last"  # what the writers produce
-    spec.metrics = {k: v for k, v in spec.metrics.items() if not k.startswith("onnx_")}
     record_choices(spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta)
     return write_package(model, spec, out_dir)
 

@@ -28,6 +28,7 @@ OUTPUT_NAME = "probabilities"
 # channels-last (N, X, Y, Z, C) <-> channels-first (N, C, X, Y, Z)
 TO_CHANNELS_FIRST = [0, 4, 1, 2, 3]
 TO_CHANNELS_LAST = [0, 2, 3, 4, 1]
+UNIT = [1, 1, 1]  # strides / dilation that mean "none"
 
 
 class UnsupportedNetwork(ValueError):
@@ -109,11 +110,7 @@ def _check_channels_last(cfg: dict[str, Any], name: str) -> None:
 def _conv(graph: _Graph, x: str, layer: Any, cfg: dict[str, Any], name: str) -> str:
     _check_channels_last(cfg, name)
     kernel_size = _triple(cfg["kernel_size"])
-    if _triple(cfg.get("strides", 1)) != [1, 1, 1] or _triple(cfg.get("dilation_rate", 1)) != [
-        1,
-        1,
-        1,
-    ]:
+    if _triple(cfg.get("strides", 1)) != UNIT or _triple(cfg.get("dilation_rate", 1)) != UNIT:
         raise UnsupportedNetwork(f"convolution {name!r} has strides or dilation")
     if int(cfg.get("groups", 1)) != 1:
         raise UnsupportedNetwork(f"convolution {name!r} is grouped")
@@ -140,7 +137,7 @@ def _conv_transpose(graph: _Graph, x: str, layer: Any, cfg: dict[str, Any], name
     # 'valid' with kernel >= stride: Keras and ONNX both give (n - 1) * stride + kernel.
     if cfg["padding"] != "valid" or any(k < s for k, s in zip(kernel_size, strides, strict=True)):
         raise UnsupportedNetwork(f"transposed convolution {name!r} padding or stride")
-    if _triple(cfg.get("dilation_rate", 1)) != [1, 1, 1] or cfg.get("output_padding"):
+    if _triple(cfg.get("dilation_rate", 1)) != UNIT or cfg.get("output_padding"):
         raise UnsupportedNetwork(f"transposed convolution {name!r} dilation or output padding")
     weights = layer.get_weights()
     # Keras kernel (kx, ky, kz, out, in) -> ONNX (in, out, kx, ky, kz)
@@ -163,10 +160,11 @@ def _affine_parameters(
     return gamma, beta, weights
 
 
-def _group_norm(graph: _Graph, x: str, layer: Any, cfg: dict[str, Any], name: str) -> str:
+def _group_norm(
+    graph: _Graph, x: str, layer: Any, cfg: dict[str, Any], name: str, channels: int
+) -> str:
     if cfg.get("axis", -1) not in (-1, 4):
         raise UnsupportedNetwork(f"normalisation {name!r} is not over the channel axis")
-    channels = int(cfg["build_config_channels"])
     groups = channels if int(cfg["groups"]) == -1 else int(cfg["groups"])
     gamma, beta, _ = _affine_parameters(layer, cfg, channels)
     epsilon = float(cfg["epsilon"])
@@ -201,12 +199,13 @@ def _group_norm(graph: _Graph, x: str, layer: Any, cfg: dict[str, Any], name: st
     return graph.node("Add", [scaled, graph.const(f"{name}/beta", beta.reshape(-1, 1, 1, 1))], name)
 
 
-def _batch_norm(graph: _Graph, x: str, layer: Any, cfg: dict[str, Any], name: str) -> str:
+def _batch_norm(
+    graph: _Graph, x: str, layer: Any, cfg: dict[str, Any], name: str, channels: int
+) -> str:
     if cfg.get("axis", -1) not in (-1, 4):
         raise UnsupportedNetwork(f"batch normalisation {name!r} is not over the channel axis")
     if cfg.get("renorm"):
         raise UnsupportedNetwork(f"batch normalisation {name!r} uses renormalisation")
-    channels = int(cfg["build_config_channels"])
     gamma, beta, (mean, variance) = _affine_parameters(layer, cfg, channels)
     inputs = [gamma, beta, mean, variance]
     names = [
@@ -305,13 +304,9 @@ def _build(model: Any) -> Any:
         elif kind == "Conv3DTranspose":
             out = _conv_transpose(graph, x, layer, cfg, name)
         elif kind == "GroupNormalization":
-            out = _group_norm(
-                graph, x, layer, {**cfg, "build_config_channels": _channels(layer_config)}, name
-            )
+            out = _group_norm(graph, x, layer, cfg, name, _channels(layer_config))
         elif kind == "BatchNormalization":
-            out = _batch_norm(
-                graph, x, layer, {**cfg, "build_config_channels": _channels(layer_config)}, name
-            )
+            out = _batch_norm(graph, x, layer, cfg, name, _channels(layer_config))
         elif kind == "Activation":
             out = _activation(graph, x, cfg["activation"], name)
         elif kind == "ReLU" and not any(
