@@ -353,6 +353,19 @@ def test_plan_inference_whole_windows_or_refusal():
         infer.plan_inference(shape, spec, 64, available=int(0.2e9))
 
 
+def test_plan_inference_keeps_to_the_model_window_and_the_memory():
+    spec = _spec()
+    spec.inference_window = [96, 96, 96]
+    big = int(100e9)
+    assert infer.plan_inference((160, 192, 160), spec, 64, available=big)[0] == (96, 96, 96)
+    # A volume smaller than the window along an axis is not padded up to it.
+    assert infer.plan_inference((64, 192, 80), spec, 64, available=big)[0] == (64, 96, 80)
+    assert infer.plan_inference((64, 48, 80), spec, 64, available=big)[0] == (64, 48, 80)
+    # Short memory still shrinks the window below the model's.
+    patch, _ = infer.plan_inference((160, 192, 160), spec, 64, available=int(0.7e9))
+    assert np.prod(patch) < 96**3 and all(p % 16 == 0 for p in patch)
+
+
 def test_available_memory_is_read_from_the_system():
     available = infer.available_memory_bytes()
     assert available is not None and 10e6 < available < 1e15

@@ -276,3 +276,15 @@ def test_components_option_reaches_the_report(tmp_path, tiny_model, capsys):
     with pytest.raises(SystemExit) as both:
         main([*map(str, case_args(paths, tmp_path / "y", tiny_model)), "--tta", "--no-tta"])
     assert both.value.code == 2 and not (tmp_path / "y").exists()
+
+
+def test_bad_window_is_refused_before_any_output(tmp_path, tiny_model, capsys):
+    paths = blob_case(tmp_path / "case")
+    args = case_args(paths, tmp_path / "out", tiny_model)
+    code, err = run_cli([*args, "--window", "20"], capsys)  # not a multiple of the model's 8
+    assert code == 2 and "--window 20 does not suit model" in err, err
+    with pytest.raises(SystemExit) as exit_info:  # refused by the option parser itself
+        run_cli([*args, "--window", "big"], capsys)
+    assert exit_info.value.code == 2
+    assert "expected 'whole' or a window size" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -101,13 +101,21 @@ def test_a_failed_rebuild_leaves_the_package_and_defaults_are_the_ensembles_own(
     soft, sharp = _pair(tmp_path)
     # A member whose defaults were chosen for it alone: the ensemble does not inherit them.
     meta = json.loads((soft / "model.json").read_text())
-    meta.update(min_component_ml=1.0, keep_largest_component=True, test_time_augmentation=True)
+    meta.update(
+        min_component_ml=1.0,
+        keep_largest_component=True,
+        test_time_augmentation=True,
+        inference_window=[16, 16, 16],
+    )
     (soft / "model.json").write_text(json.dumps(meta))
     spec = build_ensemble([soft, sharp], tmp_path / "both")
     both = tmp_path / "both"
     assert spec.network_paths == [both / "model.onnx", both / "model-2.onnx"]
     assert (spec.min_component_ml, spec.keep_largest_component) == (0.0, False)
-    assert spec.test_time_augmentation is False
+    assert spec.test_time_augmentation is False and spec.inference_window is None
+    chosen = build_ensemble([soft, sharp], tmp_path / "windowed", window=24)
+    assert load_model_spec(tmp_path / "windowed").inference_window == [24, 24, 24]
+    assert chosen.inference_window == [24, 24, 24]
     before = (tmp_path / "both" / "model.json").read_text()
     with pytest.raises(InputError, match="evaluation summary not found"):
         build_ensemble([soft, sharp], tmp_path / "both", evaluation=tmp_path / "typo.json")

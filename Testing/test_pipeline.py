@@ -123,6 +123,53 @@ def test_sliding_window_agrees_with_whole_volume(tmp_path, tiny_model):
     assert np.count_nonzero(windows.classes) > 0
 
 
+def test_model_inference_window_runs_windows_and_the_option_overrides_it(tmp_path, tiny_model):
+    from BrainTumorSegLib.errors import InputError
+    from BrainTumorSegLib.model import load_model_spec
+    from BrainTumorSegLib.progress import Progress
+
+    paths = blob_case(tmp_path / "case", shape=(64, 60, 56), centre=(30, 30, 28))
+    spec = load_model_spec(tiny_model)
+    spec.inference_window = [16, 16, 16]  # a model whose card chose windows of its patch size
+    spec.validate()
+    runs = {}
+    for window in (None, 0, 24):
+        events: list[str] = []
+        progress = Progress("callback", callback=lambda stage, f, m, seen=events: seen.append(m))
+        runs[window] = segment(paths, model=spec, window=window, progress=progress)
+        runs[window].report["events"] = events
+    windowed, whole, wider = runs[None], runs[0], runs[24]
+    assert any("windows of 16x16x16" in m for m in windowed.report["events"])
+    assert windowed.report["settings"]["inference_window"] == [16, 16, 16]
+    assert any("whole volume" in m for m in whole.report["events"])
+    assert not any("windows of" in m for m in whole.report["events"])
+    assert whole.report["settings"]["inference_window"] is None
+    assert any("windows of 24x24x24" in m for m in wider.report["events"])
+    # The tiny network is nearly pointwise: windows blend back to the whole-volume labels.
+    for result in (windowed, wider):
+        assert np.mean(result.classes == whole.classes) > 0.995
+    assert np.count_nonzero(windowed.classes) > 0
+    with pytest.raises(InputError, match=r"--window 20 .*multiples of size_multiple \(8\)"):
+        segment(paths, model=spec, window=20)
+
+
+def test_inference_window_in_model_json_is_checked(tmp_path, tiny_model):
+    import shutil
+
+    from BrainTumorSegLib.errors import InputError
+    from BrainTumorSegLib.model import load_model_spec
+
+    package = tmp_path / "package"
+    shutil.copytree(tiny_model, package)
+    meta = json.loads((package / "model.json").read_text())
+    for bad in ([16, 16], [16, 16, 12], [16, 16, 0], "16", [16.0, 16, 16], [True, 16, 16]):
+        (package / "model.json").write_text(json.dumps({**meta, "inference_window": bad}))
+        with pytest.raises(InputError, match="inference_window"):
+            load_model_spec(package)
+    (package / "model.json").write_text(json.dumps({**meta, "inference_window": [16, 24, 32]}))
+    assert load_model_spec(package).inference_window == [16, 24, 32]
+
+
 def test_test_time_augmentation_runs_all_mirrorings(tmp_path, tiny_model):
     paths = blob_case(tmp_path / "case")
     events = []

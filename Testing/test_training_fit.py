@@ -340,8 +340,9 @@ def test_repackage_writes_the_onnx_again_with_the_same_weights_and_metadata(
     meta["metrics"].update(onnx_converter="tf2onnx", onnx_max_abs_difference=0.5)
     (old / "model.json").write_text(json.dumps(meta))
     new = tmp_path / "new"
-    spec = repackage(old / "model.json", new, version="9.1")  # the folder or its model.json
+    spec = repackage(old / "model.json", new, version="9.1", window=16)  # or the folder
     before = load_model_spec(old)
+    assert before.inference_window is None and spec.inference_window == [16, 16, 16]
     assert spec.version == "9.1" and spec.training["repackaged_from"] == "tiny-test 0"
     assert spec.test_time_augmentation and spec.training["config"] == before.training["config"]
     assert spec.metrics["val_dice_WT"] == before.metrics["val_dice_WT"]
@@ -635,13 +636,26 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
         crossval_ensemble([runs, early], dataset, tmp_path / "ens-early")
     summary = crossvalidate(Config.from_dict(data), dataset, prepared.parent, runs, folds=3)
     assert summary is not None and summary["dice_WT"]["n"] == 3
-    # Another prediction set (mirroring TTA) for fold 0 only: folds 1 and 2 have packages but
-    # no held-out case in this set yet, so no partial summary is written.
+    # Another prediction set (mirroring TTA, windows of 8^3) for fold 0 only: folds 1 and 2
+    # have packages but no held-out case in this set yet, so no partial summary is written.
     again = crossvalidate(
-        Config.from_dict(data), dataset, prepared.parent, runs, folds=3, only=[0], tta=True
+        Config.from_dict(data),
+        dataset,
+        prepared.parent,
+        runs,
+        folds=3,
+        only=[0],
+        tta=True,
+        window=8,
     )
-    assert again is None and not (runs / "out-of-fold-tta" / "summary.csv").exists()
+    other = runs / "out-of-fold-window8-tta"
+    assert again is None and not (other / "summary.csv").exists()
     held_out = [json.loads((runs / f"fold{k}" / "split.json").read_text()) for k in range(3)]
+    report = json.loads(
+        (other / "predictions" / held_out[0]["validation"][0] / "report.json").read_text()
+    )
+    assert report["settings"]["inference_window"] == [8, 8, 8]
+    assert report["settings"]["test_time_augmentation"] is True
     assert sorted(c for h in held_out for c in h["validation"]) == [
         "Synth_0",
         "Synth_1",

@@ -42,9 +42,13 @@ def crossvalidate(
     only: list[int] | None = None,
     workers: int | None = None,
     tta: bool = False,
+    window: int | None = None,
 ) -> dict[str, Any] | None:
     """Train, export and predict every fold, then score out of fold; returns the summary.
 
+    The held-out cases are segmented with mirroring (``tta``) or not, whatever the fold
+    packages say, and in windows of ``window``³ voxels (0: the whole volume; None: as the
+    packages say), into the prediction set :func:`prediction_set` names.
     ``only`` restricts the training to some folds (to spread them over machines or sessions);
     the out-of-fold summary is written once every fold has its predictions.
     """
@@ -58,7 +62,7 @@ def crossvalidate(
 
     cache = prepare_dataset(dataset, cache_root, config, workers=workers)
     cases = {c.case_id: c for c in find_cases(dataset)}
-    scores = runs / ("out-of-fold-tta" if tta else "out-of-fold")
+    scores = runs / prediction_set(tta, window)
     predictions = scores / "predictions"
     done = []
     for fold in range(folds):
@@ -84,13 +88,37 @@ def crossvalidate(
             str(package),
             [cases[c] for c in held_out(run_dir)],
             predictions.parent,
-            tta=tta,  # explicit: out-of-fold and out-of-fold-tta whatever the package says
+            tta=tta,
+            window=window,
         )
         done.append(fold)
     if len(done) < folds:
         print(f"folds {sorted(set(range(folds)) - set(done))} still to run; no summary yet")
         return None
     return evaluate(predictions, dataset, scores)
+
+
+def prediction_set(tta: bool, window: int | None) -> str:
+    """Folder name of an out-of-fold prediction set: ``out-of-fold[-window<N>|-whole][-tta]``."""
+    name = "out-of-fold"
+    if window is not None:
+        name += f"-window{window}" if window else "-whole"
+    return name + ("-tta" if tta else "")
+
+
+def add_prediction_set_options(p: argparse.ArgumentParser) -> None:
+    """``--tta`` and ``--window``: how held-out cases are segmented (crossval, ensembles)."""
+    from BrainTumorSegLib.cli import parse_window
+
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+    p.add_argument(
+        "--window",
+        type=parse_window,
+        default=None,
+        metavar="N|whole",
+        help="run the fold networks in windows of N^3 working voxels, or on the whole volume "
+        "(default: as their packages say); predictions go to out-of-fold-window<N>[-tta]",
+    )
 
 
 def _package_is_stale(run_dir: Path, package: Path) -> bool:
@@ -148,12 +176,12 @@ def cmd_crossval(args: argparse.Namespace) -> int:
         only=args.only,
         workers=args.workers,
         tta=args.tta,
+        window=args.window,
     )
     if summary is None:
         return 0
     print_out_of_fold(summary)
-    folder = "out-of-fold-tta" if args.tta else "out-of-fold"
-    print(f"tables and box plot in {Path(args.runs) / folder}")
+    print(f"tables and box plot in {Path(args.runs) / prediction_set(args.tta, args.window)}")
     return 0
 
 
@@ -169,5 +197,5 @@ def add_parser(sub: argparse._SubParsersAction, add_config: Any) -> None:
     p.add_argument(
         "--only", type=int, nargs="+", default=None, help="train only these fold indices"
     )
-    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+    add_prediction_set_options(p)
     p.set_defaults(func=cmd_crossval)

@@ -61,11 +61,13 @@ def build_ensemble(
     evaluation: Path | None = None,
     postprocessing: Path | None = None,
     tta: bool = False,
+    window: int | None = None,
 ) -> ModelSpec:
     """Write an ensemble package of ``packages`` (each a single-network package) to ``out_dir``.
 
-    ``evaluation``/``postprocessing``/``tta`` as for ``export``; without them the ensemble has
-    no island removal, keeps every component and runs one pass per network. The package is
+    ``evaluation``/``postprocessing``/``tta``/``window`` as for ``export``; without them the
+    ensemble has no island removal, keeps every component and runs one whole-volume pass per
+    network. The package is
     assembled in a temporary folder beside ``out_dir`` and moved into place when complete, so
     a failed call leaves an existing ``out_dir`` as it was.
     """
@@ -104,10 +106,13 @@ def build_ensemble(
     spec.metrics = {}
     spec.min_component_ml, spec.keep_largest_component = 0.0, False
     spec.test_time_augmentation = False
+    spec.inference_window = None
     if version:
         spec.version = version
     # Before any file is touched: a mistyped --metrics/--postprocessing changes nothing.
-    record_choices(spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta)
+    record_choices(
+        spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta, window=window
+    )
     with staged_folder(out_dir) as staging:
         if first.keras_file:  # the first member's Keras twin serves the optional Keras backend
             shutil.copy2(first.folder / first.keras_file, staging / first.keras_file)
@@ -177,16 +182,19 @@ def crossval_ensemble(
     out_dir: Path,
     *,
     tta: bool = False,
+    window: int | None = None,
     only: list[int] | None = None,
 ) -> dict[str, Any] | None:
     """Out-of-fold scores of the fold-by-fold ensembles of several cross-validation runs.
 
-    Writes ``<out>/fold<k>/`` (the ensemble package of fold k) and ``<out>/out-of-fold[-tta]/``
-    (predictions, tables, box plot); finished packages and predictions are kept, so an
+    Writes ``<out>/fold<k>/`` (the ensemble package of fold k) and the prediction set
+    ``<out>/out-of-fold[-window<N>|-whole][-tta]/`` (predictions, tables, box plot; ``window``
+    as for ``crossval``); finished packages and predictions are kept, so an
     interrupted call resumes, and rebuilt (their predictions discarded) when a member was
     exported again or the runs changed. ``only`` segments some folds (e.g. those already
     trained); the summary is written and returned once every fold has its predictions.
     """
+    from .crossval import prediction_set
     from .dataset import find_cases
     from .evaluate import evaluate, run_model
 
@@ -207,7 +215,7 @@ def crossval_ensemble(
         absent = [c for c in held_out if c not in cases]
         if absent:
             raise InputError(f"held-out cases {absent} of fold {fold} are not here", dataset)
-    scores = out_dir / ("out-of-fold-tta" if tta else "out-of-fold")
+    scores = out_dir / prediction_set(tta, window)
     predictions = scores / "predictions"
     for fold, (packages, held_out) in members.items():
         package = out_dir / f"fold{fold}"
@@ -217,7 +225,7 @@ def crossval_ensemble(
                 for sibling in out_dir.glob(f"out-of-fold*/predictions/{case}"):
                     shutil.rmtree(sibling)
         print(f"fold {fold}: ensemble of {len(packages)} on {len(held_out)} held-out cases")
-        run_model(str(package), [cases[c] for c in held_out], scores, tta=tta)
+        run_model(str(package), [cases[c] for c in held_out], scores, tta=tta, window=window)
     missing = [
         f
         for f in folds
@@ -244,6 +252,7 @@ def cmd_crossval_ensemble(args: argparse.Namespace) -> int:
         Path(args.dataset),
         Path(args.output),
         tta=args.tta,
+        window=args.window,
         only=args.only,
     )
     if summary is not None:
@@ -253,6 +262,7 @@ def cmd_crossval_ensemble(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``ensemble`` and ``crossval-ensemble``."""
+    from .crossval import add_prediction_set_options
     from .export import add_choice_options
 
     p = sub.add_parser("ensemble", help="combine model packages into one ensemble package")
@@ -268,6 +278,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="folder of labelled case folders")
     p.add_argument("--runs", nargs="+", required=True, help="crossval run folders (same folds)")
     p.add_argument("--output", required=True, help="folder for fold<k>/ packages and scores")
-    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
+    add_prediction_set_options(p)
     p.add_argument("--only", type=int, nargs="+", default=None, help="segment only these folds")
     p.set_defaults(func=cmd_crossval_ensemble)

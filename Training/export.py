@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from BrainTumorSegLib.cli import parse_window
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.model import ModelSpec
 
@@ -198,9 +199,10 @@ def record_choices(
     evaluation: Path | None = None,
     postprocessing: Path | None = None,
     tta: bool = False,
+    window: int | None = None,
 ) -> None:
     """Put measured figures and the defaults chosen from them into ``spec`` (see
-    :func:`export_run` for the three sources)."""
+    :func:`export_run` for the sources)."""
     if evaluation is not None:
         if not evaluation.is_file():
             raise InputError("evaluation summary not found", evaluation)
@@ -223,6 +225,8 @@ def record_choices(
         spec.metrics["postprocessing"] = {"source": str(postprocessing), "rows": search["rows"]}
     if tta:
         spec.test_time_augmentation = True
+    if window is not None:
+        spec.inference_window = [window] * 3 if window else None
     spec.validate()
 
 
@@ -235,6 +239,7 @@ def export_run(
     evaluation: Path | None = None,
     postprocessing: Path | None = None,
     tta: bool = False,
+    window: int | None = None,
 ) -> ModelSpec:
     """Package a training run's ``best`` or ``last`` checkpoint with its config and metrics.
 
@@ -243,7 +248,8 @@ def export_run(
     ``postprocessing``: a ``search.json`` written by ``postprocessing``; its chosen island
     threshold and largest-component choice become the model's defaults and its rows go to
     ``metrics["postprocessing"]``. ``tta`` makes mirroring test-time augmentation the model's
-    default (choose it by comparing ``crossval`` with and without ``--tta``).
+    default (choose it by comparing ``crossval`` with and without ``--tta``); ``window`` its
+    inference window (N: cubes of N voxels, 0: the whole volume; compare ``crossval --window``).
     """
     keras = _keras()
     path = run_dir / "checkpoints" / f"{checkpoint}.keras"
@@ -268,7 +274,9 @@ def export_run(
         "keras_backend": keras.backend.backend(),
     }
     spec.metrics = {k: v for k, v in chosen.items() if k.startswith("val_")}
-    record_choices(spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta)
+    record_choices(
+        spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta, window=window
+    )
     return write_package(model, spec, out_dir)
 
 
@@ -280,6 +288,7 @@ def repackage(
     evaluation: Path | None = None,
     postprocessing: Path | None = None,
     tta: bool = False,
+    window: int | None = None,
 ) -> ModelSpec:
     """Write a package again from its ``model.keras``: a new ``model.onnx`` from the current
     converter, the same weights and metadata (plus any new choices and ``version``)."""
@@ -300,7 +309,9 @@ def repackage(
     if version:
         spec.version = version
     spec.folder = None
-    record_choices(spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta)
+    record_choices(
+        spec, evaluation=evaluation, postprocessing=postprocessing, tta=tta, window=window
+    )
     return write_package(model, spec, out_dir)
 
 
@@ -349,6 +360,7 @@ def choice_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "evaluation": Path(args.metrics) if args.metrics else None,
         "postprocessing": Path(args.postprocessing) if args.postprocessing else None,
         "tta": args.tta,
+        "window": args.window,
     }
 
 
@@ -395,6 +407,14 @@ def add_choice_options(p: argparse.ArgumentParser) -> None:
         "--tta",
         action="store_true",
         help="make mirroring test-time augmentation the model's default (segment --no-tta: off)",
+    )
+    p.add_argument(
+        "--window",
+        type=parse_window,
+        default=None,
+        metavar="N|whole",
+        help="make windows of N^3 working voxels (or the whole volume) the model's default "
+        "inference (segment --window overrides it)",
     )
 
 

@@ -28,8 +28,24 @@ def _channels(text: str) -> list[str]:
     return items
 
 
+def parse_window(text: str) -> int:
+    """``--window``: 'whole' (or 0, as ``batch`` passes it on) is 0, else a size in voxels."""
+    if text == "whole":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected 'whole' or a window size in voxels, not {text!r}"
+        )
+    return value
+
+
 def add_model_default_options(parser: Any, prefix: str = "") -> None:
-    """``--tta`` / ``--no-tta`` and ``--components``: override what ``model.json`` chose;
+    """``--tta`` / ``--no-tta``, ``--components`` and ``--window``: override what
+    ``model.json`` chose;
     :func:`model_default_overrides` turns them into ``segment`` arguments."""
     tta = parser.add_mutually_exclusive_group()
     tta.add_argument(
@@ -50,12 +66,22 @@ def add_model_default_options(parser: Any, prefix: str = "") -> None:
         help=f"{prefix}keep only the largest tumour component, or all of them (multifocal "
         "tumours); default: the model's own setting in model.json",
     )
+    parser.add_argument(
+        "--window",
+        type=parse_window,
+        default=None,
+        metavar="N|whole",
+        help=f"{prefix}run the network in overlapping windows of N^3 voxels of its working "
+        "grid, or on the whole volume when memory allows (whole); default: the model's own "
+        "setting in model.json",
+    )
 
 
-def model_default_overrides(args: argparse.Namespace) -> dict[str, bool | None]:
-    """``segment``'s ``tta`` and ``keep_largest_component`` from the options (None: the model's)."""
+def model_default_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``segment``'s ``tta``, ``keep_largest_component`` and ``window`` from the options
+    (None: the model's)."""
     largest = {None: None, "largest": True, "all": False}[args.components]
-    return {"tta": args.tta, "keep_largest_component": largest}
+    return {"tta": args.tta, "keep_largest_component": largest, "window": args.window}
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """Running the network: ONNX Runtime by default, Keras for ``.keras``/``.h5`` files.
 
 Whole-volume inference when it fits the memory budget, otherwise overlapping sliding windows
-blended with Gaussian weights; optional mirroring test-time augmentation. Arrays are
+blended with Gaussian weights; a model may ask for windows of its own size in any case
+(``inference_window``); optional mirroring test-time augmentation. Arrays are
 channels-last (X, Y, Z, C) here whatever the model's own layout.
 """
 
@@ -381,11 +382,14 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
 
 
 def choose_patch(shape: tuple[int, ...], spec: ModelSpec, budget_bytes: float) -> tuple[int, ...]:
-    """Largest window (a multiple of the size multiple) whose estimated memory fits the budget."""
+    """Largest window (a multiple of the size multiple) whose estimated memory fits the budget,
+    no larger than the model's ``inference_window`` when it has one."""
     if spec.fixed_input_shape:
         return tuple(spec.fixed_input_shape)
     multiple = spec.size_multiple
     patch = list(shape)
+    if spec.inference_window:
+        patch = [min(s, w) for s, w in zip(shape, spec.inference_window)]
     while estimate_memory_bytes(tuple(patch), spec) > budget_bytes and max(patch) > multiple:
         axis = int(np.argmax(patch))
         patch[axis] = max(multiple, (patch[axis] // 2 + multiple - 1) // multiple * multiple)

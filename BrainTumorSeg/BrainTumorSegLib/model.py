@@ -11,7 +11,7 @@ Training writes it, inference reads it, so the two cannot drift apart.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,12 @@ class ModelSpec:
     # Default inference: average over the 8 mirrorings (chosen by comparing out-of-fold scores
     # with and without); 8 network passes instead of 1.
     test_time_augmentation: bool = False
+    # Default inference: run the network in overlapping windows of this size (voxels of the
+    # working grid, Gaussian-blended) even when the whole volume would fit. A network trained
+    # on patches with instance normalisation normalises each window as it did its training
+    # patches; on the whole volume the statistics include far more background. None: whole
+    # volume whenever the memory allows. Chosen by comparing out-of-fold scores.
+    inference_window: list[int] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     # Where the spec was read from; not serialised.
@@ -80,6 +86,18 @@ class ModelSpec:
         for flag in ("keep_largest_component", "test_time_augmentation"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false")
+        window = self.inference_window
+        if window is not None and (
+            not isinstance(window, list)
+            or len(window) != 3
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in window)
+            or min(window) < self.size_multiple
+            or any(n % self.size_multiple for n in window)
+        ):
+            raise ValueError(
+                f"inference_window {window!r} must be null or three whole "
+                f"multiples of size_multiple ({self.size_multiple})"
+            )
         if not isinstance(self.ensemble_files, list) or not all(
             isinstance(n, str) for n in self.ensemble_files
         ):
@@ -142,6 +160,19 @@ class ModelSpec:
         spec = cls(**known)
         spec.folder = folder
         return spec
+
+
+def with_window(spec: ModelSpec, window: int | None) -> ModelSpec:
+    """``spec`` with another inference window: None keeps the model's, 0 runs the whole volume
+    (memory permitting), N runs cubes of N working-grid voxels."""
+    if window is None:
+        return spec
+    if window < 0:
+        raise InputError(f"--window must be 0 (whole volume) or a window size, not {window}")
+    try:
+        return replace(spec, inference_window=[window] * 3 if window else None)
+    except ValueError as e:
+        raise InputError(f"--window {window} does not suit model {spec.name!r}: {e}") from e
 
 
 def load_model_spec(path: str | Path) -> ModelSpec:

@@ -22,7 +22,7 @@ from .geometry import Grid
 from .infer import check_run_memory, load_backend, predict_volume
 from .labels import CONVENTIONS, DEFAULT_CONVENTION
 from .load import SEQUENCE_TITLES, SEQUENCES, Volume, check_stack_order, load_stack, load_volume
-from .model import ModelSpec, resolve_model
+from .model import ModelSpec, resolve_model, with_window
 from .postprocess import (
     clean_components,
     clear_outside_brain,
@@ -86,6 +86,7 @@ def segment(
     threads: int | None = None,
     min_component_ml: float | None = None,
     keep_largest_component: bool | None = None,
+    window: int | None = None,
     memory_budget_gb: float | None = None,
     overlay: bool = True,
     progress: Progress | None = None,
@@ -102,8 +103,9 @@ def segment(
     order ``stack_order`` declares (e.g. a Medical Decathlon case: flair, t1, t1ce, t2).
     ``raw`` "on" registers, resamples and skull-strips raw scanner series first (:mod:`raw`),
     "auto" only what the input needs; ``save_intermediates`` then also writes the registered
-    1 mm sequences and the brain mask. ``tta``, ``min_component_ml`` and
-    ``keep_largest_component`` None take the model's own defaults (``model.json``). Returns
+    1 mm sequences and the brain mask. ``tta``, ``min_component_ml``,
+    ``keep_largest_component`` and ``window`` (network windows of ``window``³ working voxels,
+    0 for the whole volume) None take the model's own defaults (``model.json``). Returns
     class indices on the reference input's grid.
     Raises :class:`InputError` for bad input before anything is written.
     """
@@ -140,6 +142,7 @@ def segment(
             keep_largest_component = spec.keep_largest_component
         if tta is None:
             tta = spec.test_time_augmentation
+        spec = with_window(spec, window)
         used = {seq: paths[seq] for seq in SEQUENCES if seq in spec.channels or seq == reference}
         check_distinct_files({s: p for s, p in used.items() if s not in stack_order})
         if output_dir is not None:
@@ -266,6 +269,7 @@ def segment(
     settings = {
         "bias_correction": prepared.bias_corrected,
         "test_time_augmentation": tta,
+        "inference_window": spec.inference_window,
         "threads": threads or os.cpu_count(),
         "min_component_ml": min_component_ml,
         "keep_largest_component": keep_largest_component,
