@@ -343,6 +343,9 @@ def test_repackage_writes_the_onnx_again_with_the_same_weights_and_metadata(
     spec = repackage(old / "model.json", new, version="9.1", window=16)  # or the folder
     before = load_model_spec(old)
     assert before.inference_window is None and spec.inference_window == [16, 16, 16]
+    # Without --tta/--no-tta the package's choice stays; --no-tta turns it off.
+    assert repackage(old, tmp_path / "one-pass", tta=False).test_time_augmentation is False
+    shutil.rmtree(tmp_path / "one-pass")
     assert spec.version == "9.1" and spec.training["repackaged_from"] == "tiny-test 0"
     assert spec.test_time_augmentation and spec.training["config"] == before.training["config"]
     assert spec.metrics["val_dice_WT"] == before.metrics["val_dice_WT"]

@@ -60,7 +60,7 @@ def build_ensemble(
     version: str | None = None,
     evaluation: Path | None = None,
     postprocessing: Path | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     window: int | None = None,
 ) -> ModelSpec:
     """Write an ensemble package of ``packages`` (each a single-network package) to ``out_dir``.

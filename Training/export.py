@@ -198,7 +198,7 @@ def record_choices(
     *,
     evaluation: Path | None = None,
     postprocessing: Path | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     window: int | None = None,
 ) -> None:
     """Put measured figures and the defaults chosen from them into ``spec`` (see
@@ -223,8 +223,8 @@ def record_choices(
         # Searches written before the largest-component option did not try it.
         spec.keep_largest_component = bool(search.get("best_keep_largest_component", False))
         spec.metrics["postprocessing"] = {"source": str(postprocessing), "rows": search["rows"]}
-    if tta:
-        spec.test_time_augmentation = True
+    if tta is not None:
+        spec.test_time_augmentation = tta
     if window is not None:
         spec.inference_window = [window] * 3 if window else None
     spec.validate()
@@ -238,7 +238,7 @@ def export_run(
     version: str | None = None,
     evaluation: Path | None = None,
     postprocessing: Path | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     window: int | None = None,
 ) -> ModelSpec:
     """Package a training run's ``best`` or ``last`` checkpoint with its config and metrics.
@@ -247,8 +247,9 @@ def export_run(
     out-of-fold scores of the recipe) to record in ``model.json["metrics"]["evaluation"]``.
     ``postprocessing``: a ``search.json`` written by ``postprocessing``; its chosen island
     threshold and largest-component choice become the model's defaults and its rows go to
-    ``metrics["postprocessing"]``. ``tta`` makes mirroring test-time augmentation the model's
-    default (choose it by comparing ``crossval`` with and without ``--tta``); ``window`` its
+    ``metrics["postprocessing"]``. ``tta`` True/False makes mirroring test-time augmentation the
+    model's default or not (choose it by comparing ``crossval`` with and without ``--tta``;
+    None keeps the package's); ``window`` its
     inference window (N: cubes of N voxels, 0: the whole volume; compare ``crossval --window``).
     """
     keras = _keras()
@@ -287,7 +288,7 @@ def repackage(
     version: str | None = None,
     evaluation: Path | None = None,
     postprocessing: Path | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     window: int | None = None,
 ) -> ModelSpec:
     """Write a package again from its ``model.keras``: a new ``model.onnx`` from the current
@@ -403,10 +404,20 @@ def add_choice_options(p: argparse.ArgumentParser) -> None:
         "--postprocessing",
         help="search.json of a postprocessing run: its choices become the model's defaults",
     )
-    p.add_argument(
+    tta = p.add_mutually_exclusive_group()
+    tta.add_argument(
         "--tta",
-        action="store_true",
+        action="store_const",
+        const=True,
+        default=None,
         help="make mirroring test-time augmentation the model's default (segment --no-tta: off)",
+    )
+    tta.add_argument(
+        "--no-tta",
+        dest="tta",
+        action="store_const",
+        const=False,
+        help="make one network pass the model's default (e.g. when repackaging)",
     )
     p.add_argument(
         "--window",
