@@ -120,6 +120,12 @@ def test_segment_options_are_passed_on(tmp_path):
     assert off == ["--no-tta"]
     assert build_parser().parse_args(["segment", "-o", "x", *off]).tta is False
     assert segment_options(build_parser().parse_args(["batch", "in", "-o", "out"])) == []
+    # --window whole is 0 inside; the worker must read it back as the whole volume.
+    for given, passed in (("whole", 0), ("96", 96)):
+        argv = segment_options(
+            build_parser().parse_args(["batch", "in", "-o", "o", "--window", given])
+        )
+        assert build_parser().parse_args(["segment", "-o", "x", *argv]).window == passed
 
 
 @pytest.mark.parametrize("problem", ["same folder", "missing input", "no cases", "jobs"])

@@ -794,3 +794,25 @@ def test_jit_compile_setting_reaches_new_and_resumed_models(
     assert loaded and loaded[0].jit_compile is False
     assert [row["epoch"] for row in state["history"]] == [1, 2]
     assert np.isfinite(state["history"][-1]["loss"])
+
+
+def test_prediction_sets_and_export_choice_options_are_named_and_checked(tmp_path: Path):
+    from Training.cli import main
+    from Training.crossval import prediction_set
+    from Training.export import record_choices
+
+    assert [prediction_set(t, w) for t, w in ((False, None), (True, 96), (False, 0))] == [
+        "out-of-fold",
+        "out-of-fold-window96-tta",
+        "out-of-fold-whole",
+    ]
+    spec = Config.from_dict(TINY).model_spec()
+    spec.test_time_augmentation = True
+    record_choices(spec, window=16)
+    assert spec.inference_window == [16, 16, 16] and spec.test_time_augmentation is True
+    record_choices(spec, tta=False, window=0)
+    assert spec.inference_window is None and spec.test_time_augmentation is False
+    with pytest.raises(InputError, match="--window 20 does not suit"):
+        record_choices(spec, window=20)
+    with pytest.raises(SystemExit):  # one or the other
+        main(["export", "--run", "r", "--output", str(tmp_path / "o"), "--tta", "--no-tta"])

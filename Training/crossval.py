@@ -108,16 +108,14 @@ def prediction_set(tta: bool, window: int | None) -> str:
 
 def add_prediction_set_options(p: argparse.ArgumentParser) -> None:
     """``--tta`` and ``--window``: how held-out cases are segmented (crossval, ensembles)."""
-    from BrainTumorSegLib.cli import parse_window
+    from BrainTumorSegLib.cli import add_window_option
 
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation")
-    p.add_argument(
-        "--window",
-        type=parse_window,
-        default=None,
-        metavar="N|whole",
-        help="run the fold networks in windows of N^3 working voxels, or on the whole volume "
-        "(default: as their packages say); predictions go to out-of-fold-window<N>[-tta]",
+    add_window_option(
+        p,
+        "run the fold networks in windows of N^3 working voxels, or on the whole volume "
+        "(default: as their packages say); predictions go to "
+        "out-of-fold-window<N>[-tta] (out-of-fold-whole[-tta])",
     )
 
 

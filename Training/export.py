@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from BrainTumorSegLib.cli import parse_window
+from BrainTumorSegLib.cli import add_window_option
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.model import ModelSpec
+from BrainTumorSegLib.model import ModelSpec, with_window
 
 from .config import SOFTMAX_OUTPUT, load_config
 
@@ -226,7 +226,7 @@ def record_choices(
     if tta is not None:
         spec.test_time_augmentation = tta
     if window is not None:
-        spec.inference_window = [window] * 3 if window else None
+        spec.inference_window = with_window(spec, window).inference_window
     spec.validate()
 
 
@@ -419,12 +419,9 @@ def add_choice_options(p: argparse.ArgumentParser) -> None:
         const=False,
         help="make one network pass the model's default (e.g. when repackaging)",
     )
-    p.add_argument(
-        "--window",
-        type=parse_window,
-        default=None,
-        metavar="N|whole",
-        help="make windows of N^3 working voxels (or the whole volume) the model's default "
+    add_window_option(
+        p,
+        "make windows of N^3 working voxels (or the whole volume) the model's default "
         "inference (segment --window overrides it)",
     )
 

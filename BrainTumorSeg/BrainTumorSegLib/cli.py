@@ -43,6 +43,11 @@ def parse_window(text: str) -> int:
     return value
 
 
+def add_window_option(parser: Any, help: str) -> None:
+    """``--window N|whole`` (0 for whole), shared by segment, crossval and export."""
+    parser.add_argument("--window", type=parse_window, default=None, metavar="N|whole", help=help)
+
+
 def add_model_default_options(parser: Any, prefix: str = "") -> None:
     """``--tta`` / ``--no-tta``, ``--components`` and ``--window``: override what
     ``model.json`` chose;
@@ -66,12 +71,9 @@ def add_model_default_options(parser: Any, prefix: str = "") -> None:
         help=f"{prefix}keep only the largest tumour component, or all of them (multifocal "
         "tumours); default: the model's own setting in model.json",
     )
-    parser.add_argument(
-        "--window",
-        type=parse_window,
-        default=None,
-        metavar="N|whole",
-        help=f"{prefix}run the network in overlapping windows of N^3 voxels of its working "
+    add_window_option(
+        parser,
+        f"{prefix}run the network in overlapping windows of N^3 voxels of its working "
         "grid, or on the whole volume when memory allows (whole); default: the model's own "
         "setting in model.json",
     )

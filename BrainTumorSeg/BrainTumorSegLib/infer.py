@@ -413,12 +413,14 @@ def predict_volume(
     cancelled: Callable[[], bool] | None = None,
     available: int | None = None,
     other_bytes: float = 0.0,
+    used: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Network output (K, X, Y, Z) float32 for a channels-last volume (X, Y, Z, C).
 
     Runs on the whole volume when :func:`plan_inference` says it fits the memory budget and
     what is available (``available`` bytes, measured when None; ``other_bytes`` already
-    held elsewhere), in overlapping windows otherwise.
+    held elsewhere), in overlapping windows otherwise. ``used["window"]`` receives the window
+    size that ran (None for the whole volume).
 
     Raises :class:`~BrainTumorSegLib.errors.CancelledError` when ``cancelled()`` turns true.
     """
@@ -437,6 +439,8 @@ def predict_volume(
         padded = np.pad(volume, pad)
     shape = padded.shape[:3]
     whole = tuple(patch) == tuple(shape)
+    if used is not None:
+        used["window"] = None if whole else [int(p) for p in patch]
     starts = list(itertools.product(*[window_starts(s, p, 0.5) for s, p in zip(shape, patch)]))
     flips = _flips(tta)
     weights = np.ones(patch, np.float32) if whole else gaussian_weights(patch)

@@ -98,6 +98,8 @@ class ModelSpec:
                 f"inference_window {window!r} must be null or three whole "
                 f"multiples of size_multiple ({self.size_multiple})"
             )
+        if window is not None and self.fixed_input_shape:
+            raise ValueError("inference_window and fixed_input_shape exclude each other")
         if not isinstance(self.ensemble_files, list) or not all(
             isinstance(n, str) for n in self.ensemble_files
         ):

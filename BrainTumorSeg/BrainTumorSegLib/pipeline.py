@@ -213,6 +213,7 @@ def segment(
         except ValueError as e:  # an empty brain mask after masking
             raise InputError(f"cannot find the brain in the images ({e})", ref.path) from e
 
+    ran: dict[str, Any] = {}
     with progress.stage("infer", "running the network") as update:
         output = predict_volume(
             backend,
@@ -222,6 +223,7 @@ def segment(
             memory_budget_gb=memory_budget_gb,
             progress=update,
             cancelled=cancelled,
+            used=ran,
         )
         foreground = foreground_channels(output, spec)
         del output
@@ -269,7 +271,8 @@ def segment(
     settings = {
         "bias_correction": prepared.bias_corrected,
         "test_time_augmentation": tta,
-        "inference_window": spec.inference_window,
+        # What ran: the model's window can be cut to the volume or to the available memory.
+        "inference_window": ran.get("window"),
         "threads": threads or os.cpu_count(),
         "min_component_ml": min_component_ml,
         "keep_largest_component": keep_largest_component,
