@@ -132,19 +132,20 @@ def test_model_inference_window_runs_windows_and_the_option_overrides_it(tmp_pat
     spec = load_model_spec(tiny_model)
     spec.inference_window = [16, 16, 16]  # a model whose card chose windows of its patch size
     spec.validate()
-    runs = {}
+    runs, messages = {}, {}
     for window in (None, 0, 24):
-        events: list[str] = []
-        progress = Progress("callback", callback=lambda stage, f, m, seen=events: seen.append(m))
+        seen: list[str] = []
+        progress = Progress("callback", callback=lambda stage, f, m, seen=seen: seen.append(m))
         runs[window] = segment(paths, model=spec, window=window, progress=progress)
-        runs[window].report["events"] = events
+        messages[window] = seen
     windowed, whole, wider = runs[None], runs[0], runs[24]
-    assert any("windows of 16x16x16" in m for m in windowed.report["events"])
+    assert any("windows of 16x16x16" in m for m in messages[None])
     assert windowed.report["settings"]["inference_window"] == [16, 16, 16]
-    assert any("whole volume" in m for m in whole.report["events"])
-    assert not any("windows of" in m for m in whole.report["events"])
+    assert any("whole volume" in m for m in messages[0])
+    assert not any("windows of" in m for m in messages[0])
     assert whole.report["settings"]["inference_window"] is None
-    assert any("windows of 24x24x24" in m for m in wider.report["events"])
+    assert any("windows of 24x24x24" in m for m in messages[24])
+    assert wider.report["settings"]["inference_window"] == [24, 24, 24]
     # The tiny network is nearly pointwise: windows blend back to the whole-volume labels.
     for result in (windowed, wider):
         assert np.mean(result.classes == whole.classes) > 0.995
