@@ -3,12 +3,13 @@
 
     .venv/bin/python Benchmarks/resolution_ceiling.py [--spacing 1.25 1.5 2] [--dataset DIR]
 
-For every labelled case, the reference regions (WT, TC, ET) go to a working grid of the given
-spacing and back exactly as a prediction travels: trilinear onto the working grid
-(:func:`BrainTumorSegLib.conform.resample_to_grid`), trilinear back
-(:func:`BrainTumorSegLib.restore.restore_to_input_grid`) and a 0.5 threshold. The Dice of the
-round trip against the reference is the best a perfect network could score at that spacing.
-Prints the mean and the lowest case per region and spacing.
+For every labelled case, the reference regions (WT, TC, ET) go to a grid of the given spacing
+over the same field of view and back: trilinear there
+(:func:`BrainTumorSegLib.conform.resample_to_grid`), trilinear back and a 0.5 threshold, as the
+pipeline restores its outputs (:func:`BrainTumorSegLib.restore.restore_to_input_grid`). The
+Dice of the round trip against the reference approximates the best a perfect network could
+score at that spacing (the pipeline's working grid is also re-oriented, cropped and padded, so
+its voxels sit at other offsets). Prints the mean and the lowest case per region and spacing.
 """
 
 from __future__ import annotations
