@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "BrainTumorSeg"), str(ROOT)]
 
 from BrainTumorSegLib.conform import resample_to_grid  # noqa: E402
-from BrainTumorSegLib.geometry import zoomed_grid  # noqa: E402
+from BrainTumorSegLib.geometry import Grid, zoomed_grid  # noqa: E402
 from BrainTumorSegLib.labels import REGIONS, region_mask  # noqa: E402
 from BrainTumorSegLib.restore import restore_to_input_grid  # noqa: E402
 from Training.dataset import find_cases  # noqa: E402
@@ -37,7 +37,7 @@ DEFAULT_DATASET = (
 )
 
 
-def round_trip_dice(classes: np.ndarray, grid, spacing: float) -> dict[str, float]:
+def round_trip_dice(classes: np.ndarray, grid: Grid, spacing: float) -> dict[str, float]:
     """Dice per region of the reference against itself sent to ``spacing`` mm and back."""
     working = zoomed_grid(grid, np.full(3, spacing))
     regions = np.stack([region_mask(classes, r) for r in REGIONS]).astype(np.float32)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from BrainTumorSegLib.cli import add_window_option
+from BrainTumorSegLib.cli import add_tta_options, add_window_option
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.model import ModelSpec, with_window
 
@@ -404,20 +404,10 @@ def add_choice_options(p: argparse.ArgumentParser) -> None:
         "--postprocessing",
         help="search.json of a postprocessing run: its choices become the model's defaults",
     )
-    tta = p.add_mutually_exclusive_group()
-    tta.add_argument(
-        "--tta",
-        action="store_const",
-        const=True,
-        default=None,
-        help="make mirroring test-time augmentation the model's default (segment --no-tta: off)",
-    )
-    tta.add_argument(
-        "--no-tta",
-        dest="tta",
-        action="store_const",
-        const=False,
-        help="make one network pass the model's default (e.g. when repackaging)",
+    add_tta_options(
+        p,
+        "make mirroring test-time augmentation the model's default (segment --no-tta: off)",
+        "make one network pass the model's default (e.g. when repackaging)",
     )
     add_window_option(
         p,

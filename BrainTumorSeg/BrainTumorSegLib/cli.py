@@ -48,21 +48,22 @@ def add_window_option(parser: Any, help: str) -> None:
     parser.add_argument("--window", type=parse_window, default=None, metavar="N|whole", help=help)
 
 
+def add_tta_options(parser: Any, on_help: str, off_help: str) -> None:
+    """``--tta`` / ``--no-tta`` into ``tta``: True, False, or None when neither is given."""
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", action="store_const", const=True, default=None, help=on_help)
+    tta.add_argument("--no-tta", dest="tta", action="store_const", const=False, help=off_help)
+
+
 def add_model_default_options(parser: Any, prefix: str = "") -> None:
     """``--tta`` / ``--no-tta``, ``--components`` and ``--window``: override what
     ``model.json`` chose;
     :func:`model_default_overrides` turns them into ``segment`` arguments."""
-    tta = parser.add_mutually_exclusive_group()
-    tta.add_argument(
-        "--tta",
-        action="store_const",
-        const=True,
-        default=None,
-        help=f"{prefix}mirroring test-time augmentation: 8 network passes averaged "
+    add_tta_options(
+        parser,
+        f"{prefix}mirroring test-time augmentation: 8 network passes averaged "
         "(default: the model's own setting in model.json)",
-    )
-    tta.add_argument(
-        "--no-tta", dest="tta", action="store_const", const=False, help="one network pass"
+        "one network pass",
     )
     parser.add_argument(
         "--components",
