@@ -2,10 +2,12 @@
 
     .venv/bin/python Benchmarks/n4_check.py                          # 3 cases
     .venv/bin/python Benchmarks/n4_check.py --cases Brats18_2013_3_1 --reference-shrink 4
+    .venv/bin/python Benchmarks/n4_check.py --reference-shrink 5 --reference-backend sitk
 
 Runs ``segment`` with bias correction forced on, once with the shipped N4 settings
-(:data:`BrainTumorSegLib.bias.SHRINK_FACTOR`, :data:`~BrainTumorSegLib.bias.ITERATIONS`) and once
-with a reference setting (shrink 4, the ANTs default), in the same process and run, and prints
+(:data:`BrainTumorSegLib.bias.SHRINK_FACTOR`, :data:`~BrainTumorSegLib.bias.ITERATIONS`, the
+preferred backend) and once with a reference setting (by default shrink 4, the ANTs default; or
+the other backend, e.g. SimpleITK as 3D Slicer runs it), in the same process and run, and prints
 the end-to-end time of each and the Dice (ET, TC, WT) between the two segmentations.
 """
 
@@ -35,7 +37,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
-def run(case_dir: Path, shrink: int, iterations: tuple[int, ...]) -> tuple[np.ndarray, float]:
+def run(
+    case_dir: Path, shrink: int, iterations: tuple[int, ...], backend: str
+) -> tuple[np.ndarray, float]:
     """Classes and wall time of ``segment`` with N4 forced on at the given setting."""
     saved = bias.SHRINK_FACTOR, bias.ITERATIONS
     bias.SHRINK_FACTOR, bias.ITERATIONS = shrink, iterations
@@ -43,7 +47,7 @@ def run(case_dir: Path, shrink: int, iterations: tuple[int, ...]) -> tuple[np.nd
         images = {s: str(case_dir / f"{case_dir.name}_{s}.nii.gz") for s in SEQUENCES}
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            result = segment(images, out, bias_correction=True, overlay=False)
+            result = segment(images, out, bias_correction=True, bias_backend=backend, overlay=False)
             return result.classes, time.perf_counter() - start
     finally:
         bias.SHRINK_FACTOR, bias.ITERATIONS = saved
@@ -55,11 +59,17 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=data, help="BraTS-format dataset folder")
     parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES))
     parser.add_argument("--reference-shrink", type=int, default=4)
+    parser.add_argument("--reference-backend", choices=bias.BACKENDS, default=None)
     args = parser.parse_args()
-    shipped = (bias.SHRINK_FACTOR, tuple(bias.ITERATIONS))
-    reference = (args.reference_shrink, tuple(bias.ITERATIONS))
-    print(f"N4 shipped: shrink {shipped[0]}, iterations {shipped[1]}")
-    print(f"N4 reference: shrink {reference[0]}")
+    preferred = bias.available_backend()
+    shipped = (bias.SHRINK_FACTOR, tuple(bias.ITERATIONS), preferred)
+    reference = (
+        args.reference_shrink,
+        tuple(bias.ITERATIONS),
+        bias.available_backend(args.reference_backend or preferred),
+    )
+    print(f"N4 shipped: shrink {shipped[0]}, iterations {shipped[1]}, backend {shipped[2]}")
+    print(f"N4 reference: shrink {reference[0]}, backend {reference[2]}")
     print(f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'case':<24}{'reference s':>12}{'shipped s':>11}   Dice shipped vs reference ET/TC/WT")
     scores = []
