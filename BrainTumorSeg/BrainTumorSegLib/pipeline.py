@@ -270,6 +270,7 @@ def segment(
 
     settings = {
         "bias_correction": prepared.bias_corrected,
+        "bias_backend": prepared.bias_backend,
         "test_time_augmentation": tta,
         # What ran: the model's window can be cut to the volume or to the available memory.
         "inference_window": ran.get("window"),

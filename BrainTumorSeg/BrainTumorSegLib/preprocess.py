@@ -33,6 +33,7 @@ class Preprocessed:
     grid: Grid
     brain_mask: np.ndarray
     bias_corrected: bool
+    bias_backend: str | None = None  # which N4 ran ("ants" or "sitk"), for the report
 
 
 def brain_mask(images: dict[str, np.ndarray]) -> np.ndarray:
@@ -116,8 +117,8 @@ def preprocess(
         mask = brain_mask.astype(bool, copy=False)
     apply_n4 = spec.bias_correction if bias_correction is None else bias_correction
     channels = {c: images[c] for c in spec.channels}
-    if apply_n4:
-        backend = available_backend(bias_backend)
+    backend = available_backend(bias_backend) if apply_n4 else None
+    if backend:
         for n, c in enumerate(spec.channels):
             report(n / len(spec.channels), f"bias correction of {c} ({backend})")
             channels[c] = n4_correct(channels[c], mask, grid, backend=backend)
@@ -132,7 +133,11 @@ def preprocess(
         array[..., n] = resampled
     report(1.0, "preprocessing done")
     return Preprocessed(
-        array=array, grid=target, brain_mask=work_mask, bias_corrected=bool(apply_n4)
+        array=array,
+        grid=target,
+        brain_mask=work_mask,
+        bias_corrected=bool(apply_n4),
+        bias_backend=backend,
     )
 
 
