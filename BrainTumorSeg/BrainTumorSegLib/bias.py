@@ -10,7 +10,7 @@ from .geometry import Grid
 
 BACKENDS = ("ants", "sitk")
 # The bias field is smooth, so it is fitted on a shrunken image. Shrink 5 instead of the ANTs
-# default 4 halves the fitted voxels: end to end with N4 forced on 19.4 s instead of 31 s on a
+# default 4 halves the fitted voxels: end to end with N4 19.4 s instead of 31 s on a
 # 240x240x155 case (2 cores); the segmentation agrees with the shrink-4 one at Dice 0.976-0.996
 # per region on three shared cases (Benchmarks/n4_check.py prints both).
 SHRINK_FACTOR = 5
@@ -23,6 +23,8 @@ CONVERGENCE = 1e-7
 
 def available_backend(preferred: str | None = None) -> str:
     """The N4 backend to use: ``preferred`` if installed, else ANTsPy, else SimpleITK."""
+    if preferred is not None and preferred not in BACKENDS:
+        raise ValueError(f"unknown bias-correction backend {preferred!r}; use one of {BACKENDS}")
     order = [preferred] if preferred else []
     order += [b for b in BACKENDS if b not in order]
     for backend in order:
