@@ -99,6 +99,16 @@ def prepared(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_dataset(dataset, cache, Config.from_dict(TINY), workers=2, progress=False)
 
 
+def test_prepare_records_which_n4_backend_ran(dataset: Path, tmp_path: Path):
+    from BrainTumorSegLib.bias import available_backend
+    from Training.prepare import prepare_dataset, read_manifest
+
+    config = Config.from_dict({**TINY, "model": {**TINY["model"], "bias_correction": True}})
+    folder = prepare_dataset(dataset, tmp_path, config, workers=1, limit=1, progress=False)
+    (entry,) = read_manifest(folder)["cases"].values()
+    assert entry["bias_backend"] == available_backend()
+
+
 def test_prepare_caches_working_grid_arrays_and_skips_done_cases(prepared: Path, dataset: Path):
     from BrainTumorSegLib.labels import convention_to_classes
     from Training.prepare import prepare_dataset, read_manifest
@@ -107,6 +117,7 @@ def test_prepare_caches_working_grid_arrays_and_skips_done_cases(prepared: Path,
     assert sorted(manifest["cases"]) == ["Synth_0", "Synth_1", "Synth_2"]
     entry = manifest["cases"]["Synth_0"]
     assert entry["grade"] == "HGG" and entry["label_convention"] == "brats2018"
+    assert entry["bias_backend"] is None  # TINY trains without N4
     image = np.load(prepared / "Synth_0_image.npy")
     labels = np.load(prepared / "Synth_0_labels.npy")
     assert image.shape[:3] == labels.shape and image.shape[3] == 4

@@ -105,6 +105,8 @@ def prepare_case(
         "labels": str(case.labels),
         "grade": case.grade,
         "label_convention": used,
+        # Which N4 ran (None: no N4): the two backends agree closely but not bit for bit.
+        "bias_backend": pre.bias_backend,
         "shape": list(pre.array.shape),
         "class_voxels": np.bincount(working.ravel(), minlength=NUM_CLASSES).tolist(),
         "regions_ml": {

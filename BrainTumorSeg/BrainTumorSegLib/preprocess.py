@@ -21,7 +21,9 @@ from .model import ModelSpec
 ProgressFn = Callable[[float, str], None]
 # Bumped whenever preprocess() gives different arrays for the same model.json settings, so that
 # the trainer's cache of prepared cases (keyed by it) is rebuilt rather than silently reused.
-# 1: first release. 2: N4 fitted on a 5x (was 4x) shrunken image.
+# 1: first release. 2: N4 fitted on a 5x (was 4x) shrunken image. Not bumped when SimpleITK's
+# N4 took ANTsPy's convergence threshold: ANTsPy's arrays did not change, and prepare prefers
+# ANTsPy (each case's manifest entry names the backend that ran).
 PREPROCESSING_VERSION = 2
 
 
