@@ -823,32 +823,19 @@ class BrainTumorSegTest(ScriptedLoadableModuleTest):
         self.test_cancel_leaves_scene_unchanged()
 
     def _makeCase(self, names: dict[str, str] | None = None) -> dict[str, Any]:
-        """A 64x72x56 head-like phantom with a tumour; 2 mm voxels, oblique-free LPS grid."""
+        """The synthetic case of ``slicer_glue.self_test_case`` as scene volumes."""
         names = names or {s: f"Case001_{s}" for s in SEQUENCES}
-        shape = (56, 72, 64)  # [k, j, i] as Slicer arrays are indexed
-        k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-        brain = (i / 0.8) ** 2 + (j / 0.9) ** 2 + (k / 0.75) ** 2 < 1
-        core = (i - 0.25) ** 2 + (j - 0.1) ** 2 + k**2 < 0.04
-        edema = (i - 0.25) ** 2 + (j - 0.1) ** 2 + k**2 < 0.12
-        rim = core & ((i - 0.25) ** 2 + (j - 0.1) ** 2 + k**2 > 0.02)
-        contrast = {"t1": (600, -150, -50), "t1ce": (650, 400, -100), "t2": (500, 300, 500),
-                    "flair": (450, 250, 600)}  # fmt: skip
+        case = slicer_glue.self_test_case()
         ijkToRas = vtk.vtkMatrix4x4()
-        for axis, spacing in enumerate((-2.0, -2.0, 2.0)):  # LPS-ordered axes, as BraTS files
-            ijkToRas.SetElement(axis, axis, spacing)
-        ijkToRas.SetElement(0, 3, 64.0)
-        ijkToRas.SetElement(1, 3, 72.0)
-        ijkToRas.SetElement(2, 3, -56.0)
-        rng = np.random.default_rng(0)
-        volumes = {}
-        for sequence in SEQUENCES:
-            base, enhancing, oedema = contrast[sequence]
-            array = brain * base + edema * oedema + rim * enhancing
-            array = np.clip(array + brain * rng.normal(0, 20, shape), 0, None).astype(np.float32)
-            volumes[sequence] = slicer.util.addVolumeFromArray(
-                array, ijkToRAS=ijkToRas, name=names[sequence]
+        for row in range(4):
+            for column in range(4):
+                ijkToRas.SetElement(row, column, float(case.ijk_to_ras[row, column]))
+        return {
+            sequence: slicer.util.addVolumeFromArray(
+                case.images[sequence], ijkToRAS=ijkToRas, name=names[sequence]
             )
-        return volumes
+            for sequence in SEQUENCES
+        }
 
     def test_guess_inputs(self) -> None:
         self.delayDisplay("Matching volume names to sequences")

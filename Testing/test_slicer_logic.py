@@ -392,3 +392,15 @@ def test_real_worker_keeps_the_largest_component_and_reports_the_rest(
     assert tumour["largest"].sum() < tumour["all"].sum()
     assert tumour["largest"][18, 22, 28] and not tumour["largest"][22, 34, 16]  # k, j, i
     assert tumour["all"][22, 34, 16]
+
+
+def test_self_test_case_reaches_the_scene_as_built(module, slicer):
+    """The in-Slicer self-test's volumes are slicer_glue's case, which test_bias segments."""
+    from BrainTumorSegLib.slicer_glue import self_test_case
+
+    volumes = module.BrainTumorSegTest()._makeCase()
+    case = self_test_case()
+    assert sorted(volumes) == sorted(case.images)
+    for sequence, node in volumes.items():
+        np.testing.assert_array_equal(node.array, case.images[sequence])
+        np.testing.assert_array_equal(node.ijkToRas, case.ijk_to_ras)

@@ -9,42 +9,45 @@ import numpy as np
 from .geometry import Grid
 
 BACKENDS = ("ants", "sitk")
-# The bias field is smooth, so it is fitted on a shrunken image. Shrink 5 instead of the ANTs
-# default 4 halves the fitted voxels: end to end with N4 19.4 s instead of 31 s on a
-# 240x240x155 case (2 cores); the segmentation agrees with the shrink-4 one at Dice 0.976-0.996
-# per region on three shared cases (Benchmarks/n4_check.py prints both).
+_MODULES = {"ants": "ants", "sitk": "SimpleITK"}
+_PACKAGES = {"ants": "antspyx", "sitk": "SimpleITK"}
+# The bias field is smooth, so it is fitted on a shrunken image: shrink 5 instead of the ANTs
+# default 4 halves the fitted voxels for a segmentation that barely changes (the README's N4
+# section has the figures; Benchmarks/n4_check.py measures them).
 SHRINK_FACTOR = 5
 ITERATIONS = (50, 50, 30)
-# Both backends must stop at the same point: SimpleITK's default threshold (1e-3) stops its fit
-# early, and its z-scored output then differed from ANTsPy's by up to 0.39 SD on a shared case
-# (6e-4 with this threshold), while the model is trained on ANTsPy and Slicer runs SimpleITK.
+# Both backends must stop at the same point: with SimpleITK's default threshold (1e-3) its fit
+# stops early and gives the network another input than ANTsPy's, on which the model is
+# trained, while 3D Slicer runs SimpleITK (Testing/test_bias.py checks that they agree).
 CONVERGENCE = 1e-7
 
 
 def available_backend(preferred: str | None = None) -> str:
-    """The N4 backend to use: ``preferred`` if installed, else ANTsPy, else SimpleITK."""
+    """The N4 backend to use: ``preferred`` (which must then be installed), else ANTsPy if
+    installed, else SimpleITK.
+
+    Raises ValueError for an unknown name and RuntimeError when the backend is not installed,
+    so that a requested comparison never silently runs the other backend.
+    """
     if preferred is not None and preferred not in BACKENDS:
         raise ValueError(f"unknown bias-correction backend {preferred!r}; use one of {BACKENDS}")
-    order = [preferred] if preferred else []
-    order += [b for b in BACKENDS if b not in order]
-    for backend in order:
-        module = "ants" if backend == "ants" else "SimpleITK"
-        if importlib.util.find_spec(module) is not None:
+    for backend in [preferred] if preferred else BACKENDS:
+        if importlib.util.find_spec(_MODULES[backend]) is not None:
             return backend
-    raise RuntimeError("bias correction needs antspyx or SimpleITK; install one of them")
+    wanted = _PACKAGES[preferred] if preferred else " or ".join(_PACKAGES.values())
+    raise RuntimeError(f"bias correction needs {wanted}, which is not installed")
 
 
 def n4_correct(
-    array: np.ndarray, mask: np.ndarray, grid: Grid, *, backend: str = "ants"
+    array: np.ndarray, mask: np.ndarray, grid: Grid, *, backend: str | None = None
 ) -> np.ndarray:
-    """Bias-corrected copy of ``array`` (float32), fitted inside ``mask``; zero stays zero."""
-    if backend == "ants":
-        corrected = _n4_ants(array, mask, grid)
-    elif backend == "sitk":
-        corrected = _n4_sitk(array, mask, grid)
-    else:
-        raise ValueError(f"unknown bias-correction backend {backend!r}; use one of {BACKENDS}")
-    corrected = corrected.astype(np.float32, copy=False)
+    """Bias-corrected copy of ``array`` (float32), fitted inside ``mask``; zero stays zero.
+
+    ``backend`` "ants" or "sitk"; None picks one with :func:`available_backend`.
+    """
+    backend = available_backend(backend)
+    fit = _n4_ants if backend == "ants" else _n4_sitk
+    corrected = fit(array, mask, grid).astype(np.float32, copy=False)
     corrected[~mask] = 0.0
     return corrected
 

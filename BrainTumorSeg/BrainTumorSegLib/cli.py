@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .bias import BACKENDS
 from .errors import CancelledError, InputError
 from .labels import CONVENTIONS, DEFAULT_CONVENTION
 from .load import SEQUENCE_TITLES, SEQUENCES, find_sequences
@@ -118,7 +119,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="N4 bias-field correction; auto follows how the model was trained",
     )
     options.add_argument(
-        "--bias-backend", choices=("ants", "sitk"), default=None, help=argparse.SUPPRESS
+        "--bias-backend",
+        choices=BACKENDS,
+        default=None,
+        help="N4 implementation: ants (ANTsPy) or sitk (SimpleITK, as in 3D Slicer); "
+        "default ANTsPy when installed, else SimpleITK",
     )
     add_model_default_options(options)
     options.add_argument(

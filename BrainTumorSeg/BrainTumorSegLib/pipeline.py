@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .bias import available_backend
 from .conform import resample_to_grid
 from .errors import InputError
 from .geometry import Grid
@@ -105,8 +106,10 @@ def segment(
     "auto" only what the input needs; ``save_intermediates`` then also writes the registered
     1 mm sequences and the brain mask. ``tta``, ``min_component_ml``,
     ``keep_largest_component`` and ``window`` (network windows of ``window``³ working voxels,
-    0 for the whole volume) None take the model's own defaults (``model.json``). Returns
-    class indices on the reference input's grid.
+    0 for the whole volume) None take the model's own defaults (``model.json``);
+    ``bias_correction`` None too (N4 if the model was trained with it). ``bias_backend`` picks
+    the N4 implementation, "ants" or "sitk" (None: ANTsPy when installed, else SimpleITK).
+    Returns class indices on the reference input's grid.
     Raises :class:`InputError` for bad input before anything is written.
     """
     progress = progress or Progress()
@@ -142,6 +145,12 @@ def segment(
             keep_largest_component = spec.keep_largest_component
         if tta is None:
             tta = spec.test_time_augmentation
+        apply_n4 = spec.bias_correction if bias_correction is None else bias_correction
+        if apply_n4 or bias_backend is not None:
+            try:  # before any heavy work: a missing or unknown N4 backend is the user's to fix
+                bias_backend = available_backend(bias_backend)
+            except (ValueError, RuntimeError) as e:
+                raise InputError(str(e)) from e
         spec = with_window(spec, window)
         used = {seq: paths[seq] for seq in SEQUENCES if seq in spec.channels or seq == reference}
         check_distinct_files({s: p for s, p in used.items() if s not in stack_order})

@@ -34,8 +34,12 @@ class Preprocessed:
     array: np.ndarray
     grid: Grid
     brain_mask: np.ndarray
-    bias_corrected: bool
-    bias_backend: str | None = None  # which N4 ran ("ants" or "sitk"), for the report
+    bias_backend: str | None = None  # which N4 ran ("ants" or "sitk"; None: no N4)
+
+    @property
+    def bias_corrected(self) -> bool:
+        """Whether N4 ran."""
+        return self.bias_backend is not None
 
 
 def brain_mask(images: dict[str, np.ndarray]) -> np.ndarray:
@@ -103,7 +107,8 @@ def preprocess(
 ) -> Preprocessed:
     """Turn images on the reference ``grid`` into the network input described by ``spec``.
 
-    ``bias_correction`` None follows the model's metadata (what it was trained with).
+    ``bias_correction`` None follows the model's metadata (what it was trained with);
+    ``bias_backend`` is the N4 implementation (see :func:`bias.available_backend`).
     ``brain_mask`` (bool, on ``grid``) replaces the non-zero voxels as the brain, e.g. from
     skull stripping of raw scans; voxels outside it are zero in the network input.
     """
@@ -138,7 +143,6 @@ def preprocess(
         array=array,
         grid=target,
         brain_mask=work_mask,
-        bias_corrected=bool(apply_n4),
         bias_backend=backend,
     )
 

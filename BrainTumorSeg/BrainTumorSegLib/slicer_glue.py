@@ -4,7 +4,8 @@ The module (``BrainTumorSeg.py``) keeps only GUI and scene code; everything that
 written as plain Python lives here so it is testable without Slicer: matching volume names to
 sequences, validating the panel's selection, building the worker's command line and
 environment, parsing its progress lines, running it as a cancellable child process, the
-segment and volume-table definitions, model choices and the dependency check.
+segment and volume-table definitions, model choices, the dependency check and the self-test's
+synthetic case.
 
 This file must never import ``slicer``, ``qt``, ``vtk``, TensorFlow or anything the Slicer
 Python may not have yet (nibabel, onnxruntime): it is imported when Slicer loads the module.
@@ -24,6 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .labels import CONVENTIONS, LABEL_BY_KEY, LABELS, REGION_NAMES, REGIONS, terminology_entry
 from .load import SEQUENCE_TITLES, SEQUENCES, match_sequence
@@ -646,3 +649,38 @@ def library_parent() -> Path:
 def default_python() -> str:
     """Interpreter for the worker outside Slicer (inside Slicer: ``PythonSlicer``)."""
     return sys.executable
+
+
+@dataclass
+class SelfTestCase:
+    """The in-Slicer self-test's synthetic case; arrays are [k, j, i] as Slicer indexes them."""
+
+    images: dict[str, np.ndarray]  # float32 per sequence
+    ijk_to_ras: np.ndarray  # 4x4
+    core: np.ndarray  # bool: necrotic core with its enhancing rim
+    edema: np.ndarray  # bool: the whole planted lesion
+
+
+def self_test_case(seed: int = 0) -> SelfTestCase:
+    """A 64x72x56 head-like phantom with a tumour, 2 mm voxels on an LPS-ordered grid (as
+    BraTS files). Shared by the self-test and the tests of N4 on it, so they cannot drift."""
+    shape = (56, 72, 64)  # [k, j, i]
+    k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    brain = (i / 0.8) ** 2 + (j / 0.9) ** 2 + (k / 0.75) ** 2 < 1
+    distance = (i - 0.25) ** 2 + (j - 0.1) ** 2 + k**2
+    core, edema = distance < 0.04, distance < 0.12
+    rim = core & (distance > 0.02)
+    # Signal of (brain, enhancing rim, edema) per sequence.
+    contrast = {"t1": (600, -150, -50), "t1ce": (650, 400, -100), "t2": (500, 300, 500),
+                "flair": (450, 250, 600)}  # fmt: skip
+    rng = np.random.default_rng(seed)
+    images = {}
+    for sequence in SEQUENCES:
+        base, enhancing, oedema = contrast[sequence]
+        array = brain * base + edema * oedema + rim * enhancing
+        images[sequence] = np.clip(array + brain * rng.normal(0, 20, shape), 0, None).astype(
+            np.float32
+        )
+    ijk_to_ras = np.diag([-2.0, -2.0, 2.0, 1.0])
+    ijk_to_ras[:3, 3] = (64.0, 72.0, -56.0)
+    return SelfTestCase(images=images, ijk_to_ras=ijk_to_ras, core=core, edema=edema)
