@@ -112,7 +112,10 @@ def _prepared_input(case: Path, model: str | None):
     spec = resolve_model(model)
     volumes = {s: load_volume(p) for s, p in find_sequences(case).items()}
     grid = volumes["t1ce"].grid
-    prepared = preprocess({s: v.array for s, v in volumes.items()}, grid, spec)
+    # The network alone: N4 (for a model trained with it) would add its time and memory to
+    # these rows; the end-to-end rows include it, and the network sees the same shape.
+    images = {s: v.array for s, v in volumes.items()}
+    prepared = preprocess(images, grid, spec, bias_correction=False)
     return spec, np.ascontiguousarray(prepared.array[None])
 
 
