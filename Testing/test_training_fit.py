@@ -99,14 +99,23 @@ def prepared(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_dataset(dataset, cache, Config.from_dict(TINY), workers=2, progress=False)
 
 
-def test_prepare_records_which_n4_backend_ran(dataset: Path, tmp_path: Path):
+def test_prepare_records_which_n4_backend_ran(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     from BrainTumorSegLib.bias import available_backend
+    from Training import prepare
     from Training.prepare import prepare_dataset, read_manifest
 
     config = Config.from_dict({**TINY, "model": {**TINY["model"], "bias_correction": True}})
     folder = prepare_dataset(dataset, tmp_path, config, workers=1, limit=1, progress=False)
     (entry,) = read_manifest(folder)["cases"].values()
     assert entry["bias_backend"] == available_backend()
+    # A cache is never extended with cases corrected by the other backend.
+    other = "sitk" if entry["bias_backend"] == "ants" else "ants"
+    monkeypatch.setattr(prepare, "available_backend", lambda: other)
+    with pytest.raises(ValueError, match=f"{entry['bias_backend']} N4 backend"):
+        prepare_dataset(dataset, tmp_path, config, workers=1, limit=2, progress=False)
+    assert len(read_manifest(folder)["cases"]) == 1
 
 
 def test_prepare_caches_working_grid_arrays_and_skips_done_cases(prepared: Path, dataset: Path):

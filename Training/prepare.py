@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from BrainTumorSegLib.bias import available_backend
 from BrainTumorSegLib.conform import resample_to_grid
 from BrainTumorSegLib.labels import NUM_CLASSES, convention_to_classes, region_mask
 from BrainTumorSegLib.load import load_volume
@@ -116,6 +117,21 @@ def prepare_case(
     }
 
 
+def check_bias_backend(folder: Path, done: dict[str, Any], config: Config) -> None:
+    """Refuse to add cases corrected by another N4 backend than the cached ones: the two agree
+    closely but not bit for bit, and one training set should not mix them."""
+    if not config.model.get("bias_correction"):
+        return
+    current = available_backend()
+    cached = sorted({e["bias_backend"] for e in done.values() if e.get("bias_backend")} - {current})
+    if cached:
+        raise ValueError(
+            f"{folder} holds cases corrected with the {', '.join(cached)} N4 backend, but "
+            f"{current} would correct the new ones; install the same backend or prepare into "
+            "another --cache folder"
+        )
+
+
 def prepare_dataset(
     dataset: str | Path,
     cache_root: str | Path,
@@ -137,6 +153,7 @@ def prepare_dataset(
     manifest["preprocessing_version"] = PREPROCESSING_VERSION
     manifest["dataset"] = str(Path(dataset).resolve())
     done = manifest["cases"]
+    check_bias_backend(folder, done, config)
     todo = [
         c
         for c in cases
