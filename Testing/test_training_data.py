@@ -26,6 +26,18 @@ def test_shipped_configs_load(name):
     assert config.network.depth == 4
 
 
+def test_bundled_model_was_preprocessed_as_cpu_yaml_says():
+    """cpu.yaml is the bundled model's recipe: its preprocessing must be what inference reads."""
+    from BrainTumorSegLib.model import default_model_path, load_model_spec
+    from Training.config import PREPROCESSING_FIELDS
+
+    spec = load_model_spec(default_model_path())
+    config = load_config(CONFIGS / "cpu.yaml")
+    assert {k: getattr(spec, k) for k in PREPROCESSING_FIELDS} == {
+        k: config.model[k] for k in PREPROCESSING_FIELDS
+    }
+
+
 def test_seed_config_reproduces_seed_network():
     config = load_config(CONFIGS / "seed.yaml")
     assert config.network.filters == [16, 32, 64, 128, 256]
