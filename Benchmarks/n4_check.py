@@ -73,6 +73,8 @@ def main() -> int:
         tuple(bias.ITERATIONS),
         bias.available_backend(args.reference_backend or preferred),
     )
+    if reference == shipped:
+        parser.error("the reference setting is the shipped one; change the shrink or the backend")
     print(f"N4 shipped: shrink {shipped[0]}, iterations {shipped[1]}, backend {shipped[2]}")
     print(f"N4 reference: shrink {reference[0]}, backend {reference[2]}")
     print(f"load average {os.getloadavg()[0]:.2f}")

@@ -87,14 +87,19 @@ def test_a_requested_backend_that_is_missing_is_refused(monkeypatch: pytest.Monk
     assert bias.available_backend() == "sitk"  # no preference: what is installed
 
 
-def test_segment_refuses_an_unknown_backend_before_writing(tmp_path: Path) -> None:
-    from BrainTumorSegLib import segment
+def test_segment_refuses_an_unknown_backend_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from BrainTumorSegLib import pipeline, segment
     from BrainTumorSegLib.errors import InputError
 
+    def not_yet(*args, **kwargs):
+        raise AssertionError("images were read before the backend was checked")
+
     images = _write_self_test_case(tmp_path)
+    monkeypatch.setattr(pipeline, "load_volume", not_yet)
     with pytest.raises(InputError, match="backend"):
         segment(images, tmp_path / "out", bias_backend="fsl")
-    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_backend_is_refused() -> None:

@@ -119,7 +119,8 @@ def prepare_case(
 
 def check_bias_backend(folder: Path, done: dict[str, Any], config: Config) -> None:
     """Refuse to add cases corrected by another N4 backend than the cached ones: the two agree
-    closely but not bit for bit, and one training set should not mix them."""
+    closely but not bit for bit, and one training set should not mix them. Entries written
+    before the manifest named the backend are not checked."""
     if not config.model.get("bias_correction"):
         return
     current = available_backend()
@@ -153,12 +154,13 @@ def prepare_dataset(
     manifest["preprocessing_version"] = PREPROCESSING_VERSION
     manifest["dataset"] = str(Path(dataset).resolve())
     done = manifest["cases"]
-    check_bias_backend(folder, done, config)
     todo = [
         c
         for c in cases
         if c.case_id not in done or not (folder / f"{c.case_id}_labels.npy").is_file()
     ]
+    if todo:  # a complete cache is reused whatever is installed now
+        check_bias_backend(folder, done, config)
     bar = tqdm(
         total=len(cases),
         initial=len(cases) - len(todo),

@@ -146,7 +146,7 @@ def segment(
         if tta is None:
             tta = spec.test_time_augmentation
         apply_n4 = spec.bias_correction if bias_correction is None else bias_correction
-        if apply_n4 or bias_backend is not None:
+        if apply_n4:
             try:  # before any heavy work: a missing or unknown N4 backend is the user's to fix
                 bias_backend = available_backend(bias_backend)
             except (ValueError, RuntimeError) as e:
