@@ -657,7 +657,6 @@ class SelfTestCase:
 
     images: dict[str, np.ndarray]  # float32 per sequence
     ijk_to_ras: np.ndarray  # 4x4
-    core: np.ndarray  # bool: necrotic core with its enhancing rim
     edema: np.ndarray  # bool: the whole planted lesion
 
 
@@ -668,7 +667,7 @@ def self_test_case(seed: int = 0) -> SelfTestCase:
     k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
     brain = (i / 0.8) ** 2 + (j / 0.9) ** 2 + (k / 0.75) ** 2 < 1
     distance = (i - 0.25) ** 2 + (j - 0.1) ** 2 + k**2
-    core, edema = distance < 0.04, distance < 0.12
+    core, edema = distance < 0.04, distance < 0.12  # the core holds the enhancing rim
     rim = core & (distance > 0.02)
     # Signal of (brain, enhancing rim, edema) per sequence.
     contrast = {"t1": (600, -150, -50), "t1ce": (650, 400, -100), "t2": (500, 300, 500),
@@ -683,4 +682,4 @@ def self_test_case(seed: int = 0) -> SelfTestCase:
         )
     ijk_to_ras = np.diag([-2.0, -2.0, 2.0, 1.0])
     ijk_to_ras[:3, 3] = (64.0, 72.0, -56.0)
-    return SelfTestCase(images=images, ijk_to_ras=ijk_to_ras, core=core, edema=edema)
+    return SelfTestCase(images=images, ijk_to_ras=ijk_to_ras, edema=edema)
