@@ -127,7 +127,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     add_model_default_options(options)
     options.add_argument(
-        "--threads", type=int, default=None, metavar="N", help="CPU threads for inference"
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for inference, and sequences N4-corrected at once (default: all CPUs)",
     )
     options.add_argument(
         "--min-component-ml",

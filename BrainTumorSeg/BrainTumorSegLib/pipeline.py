@@ -218,6 +218,7 @@ def segment(
                 bias_backend=bias_backend,
                 progress=update,
                 brain_mask=raw_prepared.brain_mask if raw_prepared is not None else None,
+                threads=threads,
             )
         except ValueError as e:  # an empty brain mask after masking
             raise InputError(f"cannot find the brain in the images ({e})", ref.path) from e

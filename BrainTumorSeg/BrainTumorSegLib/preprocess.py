@@ -8,7 +8,9 @@ The trainer calls the same :func:`preprocess`, so training and inference cannot 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +106,7 @@ def preprocess(
     bias_backend: str | None = None,
     progress: ProgressFn | None = None,
     brain_mask: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> Preprocessed:
     """Turn images on the reference ``grid`` into the network input described by ``spec``.
 
@@ -111,6 +114,7 @@ def preprocess(
     ``bias_backend`` is the N4 implementation (see :func:`bias.available_backend`).
     ``brain_mask`` (bool, on ``grid``) replaces the non-zero voxels as the brain, e.g. from
     skull stripping of raw scans; voxels outside it are zero in the network input.
+    ``threads`` caps how many sequences are N4-corrected at once (None: one per CPU).
     """
     missing = [c for c in spec.channels if c not in images]
     if missing:
@@ -126,9 +130,7 @@ def preprocess(
     channels = {c: images[c] for c in spec.channels}
     backend = available_backend(bias_backend) if apply_n4 else None
     if backend:
-        for n, c in enumerate(spec.channels):
-            report(n / len(spec.channels), f"bias correction of {c} ({backend})")
-            channels[c] = n4_correct(channels[c], mask, grid, backend=backend)
+        channels.update(_n4_channels(channels, mask, grid, backend, threads, report))
     report(1.0 if apply_n4 else 0.5, "cropping and resampling")
     target = working_grid(mask, grid, spec)
     work_mask = resample_to_grid(mask.astype(np.uint8), grid, target, order=0).astype(bool)
@@ -145,6 +147,39 @@ def preprocess(
         brain_mask=work_mask,
         bias_backend=backend,
     )
+
+
+def _n4_channels(
+    channels: dict[str, np.ndarray],
+    mask: np.ndarray,
+    grid: Grid,
+    backend: str,
+    threads: int | None,
+    report: ProgressFn,
+) -> dict[str, np.ndarray]:
+    """N4-correct every sequence, up to ``threads`` of them at once.
+
+    The fits are independent (each sees only its own sequence, so the arrays equal those of
+    one fit after the other) and SimpleITK's native code releases Python's lock while it runs,
+    so on a multi-core machine threads fit several sequences side by side.
+    """
+    names = list(channels)
+    workers = max(1, min(len(names), threads or os.cpu_count() or 1))
+    done: dict[str, np.ndarray] = {}
+    if workers == 1:
+        for n, c in enumerate(names):
+            report(n / len(names), f"bias correction of {c} ({backend})")
+            done[c] = n4_correct(channels[c], mask, grid, backend=backend)
+        return done
+    report(0.0, f"bias correction of {len(names)} sequences, {workers} at a time ({backend})")
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="n4") as pool:
+        futures = {
+            pool.submit(n4_correct, channels[c], mask, grid, backend=backend): c for c in names
+        }
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            report(len(done) / len(names), f"bias correction ({backend}): {len(done)}/{len(names)}")
+    return done
 
 
 def labels_to_working(classes: np.ndarray, src: Grid, working: Grid) -> np.ndarray:
