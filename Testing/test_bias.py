@@ -6,6 +6,7 @@ so the two backends must give the same network input, not merely both "correct" 
 
 from __future__ import annotations
 
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -127,29 +128,86 @@ def test_bundled_model_runs_with_slicers_n4_on_the_self_test_case(tmp_path: Path
     assert dice > 0.7, dice  # 0.90 with the bundled model 0.5.0
 
 
-@pytest.mark.parametrize("backend", [pytest.param("ants", marks=needs_ants), "sitk"])
-def test_sequences_corrected_side_by_side_equal_one_after_the_other(backend: str) -> None:
-    """preprocess() fits several sequences' N4 in threads; each fit sees only its own sequence,
-    so the network input is the same as with one fit after the other."""
+def _four_sequences() -> tuple[dict[str, np.ndarray], Grid, object]:
+    """Four different sequences (the phantom under fields of different strengths) and a spec."""
     from BrainTumorSegLib.model import ModelSpec
-    from BrainTumorSegLib.preprocess import preprocess
 
     image, _, mask, grid = _biased_phantom()
-    # Four different sequences: the same tissue under four fields of different strengths.
+    ramp = np.linspace(-1, 1, image.shape[0])[:, None, None]
     images = {
-        c: np.where(
-            mask, image * np.exp(0.1 * n * np.linspace(-1, 1, image.shape[0]))[:, None, None], 0
-        ).astype(np.float32)
+        c: np.where(mask, image * np.exp(0.1 * n * ramp), 0).astype(np.float32)
         for n, c in enumerate(("t1", "t1ce", "t2", "flair"))
     }
     spec = ModelSpec.from_dict(
         {"name": "n4-threads", "spacing_mm": [2.0, 2.0, 2.0], "bias_correction": True}
     )
-    steps: list[str] = []
+    return images, grid, spec
+
+
+def test_sequences_corrected_side_by_side_equal_one_after_the_other() -> None:
+    """With SimpleITK, preprocess() fits the sequences' N4 in threads; each fit sees only its
+    own sequence, so the network input is the same as with one fit after the other."""
+    from BrainTumorSegLib.preprocess import preprocess
+
+    images, grid, spec = _four_sequences()
+    side_by_side: list[str] = []
+    one_by_one: list[str] = []
     threaded = preprocess(
-        images, grid, spec, bias_backend=backend, threads=4, progress=lambda f, m: steps.append(m)
+        images,
+        grid,
+        spec,
+        bias_backend="sitk",
+        threads=4,
+        progress=lambda f, m: side_by_side.append(m),
     )
-    serial = preprocess(images, grid, spec, bias_backend=backend, threads=1)
+    serial = preprocess(
+        images,
+        grid,
+        spec,
+        bias_backend="sitk",
+        threads=1,
+        progress=lambda f, m: one_by_one.append(m),
+    )
     np.testing.assert_array_equal(threaded.array, serial.array)
-    assert threaded.bias_backend == serial.bias_backend == backend
-    assert any("4/4" in m for m in steps), steps  # progress counts finished sequences
+    assert any("4 at a time" in m for m in side_by_side), side_by_side
+    assert any("4/4" in m for m in side_by_side), side_by_side  # counts finished sequences
+    assert not any("at a time" in m for m in one_by_one), one_by_one
+
+
+@needs_ants
+def test_ants_fits_take_turns() -> None:
+    """ANTsPy's bindings keep Python's lock, so its fits run one after the other."""
+    from BrainTumorSegLib.preprocess import preprocess
+
+    images, grid, spec = _four_sequences()
+    steps: list[str] = []
+    preprocess(
+        images, grid, spec, bias_backend="ants", threads=4, progress=lambda f, m: steps.append(m)
+    )
+    assert not any("at a time" in m for m in steps), steps
+    assert sum("bias correction of" in m for m in steps) == 4
+
+
+def test_a_failing_fit_stops_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error in one sequence's fit reaches the caller; queued fits are not started."""
+    from BrainTumorSegLib import preprocess as pre
+
+    images, grid, spec = _four_sequences()
+    started: list[int] = []
+
+    def fit(array: np.ndarray, mask: np.ndarray, grid: Grid, **kwargs: object) -> np.ndarray:
+        started.append(1)
+        if array is images["t1"]:
+            raise RuntimeError("N4 failed on t1")
+        time.sleep(0.5)  # the others are slow: the failure is seen while they run
+        return array
+
+    monkeypatch.setattr(pre, "n4_correct", fit)
+    with pytest.raises(RuntimeError, match="N4 failed on t1"):
+        pre.preprocess(images, grid, spec, bias_backend="sitk", threads=1)
+    assert len(started) == 1  # one at a time: nothing after the failure
+    started.clear()
+    with pytest.raises(RuntimeError, match="N4 failed on t1"):
+        pre.preprocess(images, grid, spec, bias_backend="sitk", threads=2)
+    # Two at once: t1 fails at once, its thread takes t2 while t1ce runs; flair never starts.
+    assert len(started) <= 3

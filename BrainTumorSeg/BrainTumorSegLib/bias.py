@@ -20,6 +20,9 @@ ITERATIONS = (50, 50, 30)
 # stops early and gives the network another input than ANTsPy's, on which the model is
 # trained, while 3D Slicer runs SimpleITK (Testing/test_bias.py checks that they agree).
 CONVERGENCE = 1e-7
+# Backends whose native N4 releases Python's lock, so that several sequences can be fitted side
+# by side in threads (ANTsPy's bindings keep the lock: its fits would only take turns).
+CONCURRENT_BACKENDS = ("sitk",)
 
 
 def available_backend(preferred: str | None = None) -> str:
@@ -39,15 +42,24 @@ def available_backend(preferred: str | None = None) -> str:
 
 
 def n4_correct(
-    array: np.ndarray, mask: np.ndarray, grid: Grid, *, backend: str | None = None
+    array: np.ndarray,
+    mask: np.ndarray,
+    grid: Grid,
+    *,
+    backend: str | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Bias-corrected copy of ``array`` (float32), fitted inside ``mask``; zero stays zero.
 
-    ``backend`` "ants" or "sitk"; None picks one with :func:`available_backend`.
+    ``backend`` "ants" or "sitk"; None picks one with :func:`available_backend`. ``threads``
+    caps SimpleITK's own threads for this fit (None: its default, one per CPU).
     """
     backend = available_backend(backend)
-    fit = _n4_ants if backend == "ants" else _n4_sitk
-    corrected = fit(array, mask, grid).astype(np.float32, copy=False)
+    if backend == "ants":
+        corrected = _n4_ants(array, mask, grid)
+    else:
+        corrected = _n4_sitk(array, mask, grid, threads)
+    corrected = corrected.astype(np.float32, copy=False)
     corrected[~mask] = 0.0
     return corrected
 
@@ -67,7 +79,7 @@ def _n4_ants(array: np.ndarray, mask: np.ndarray, grid: Grid) -> np.ndarray:
     return result.numpy()
 
 
-def _n4_sitk(array: np.ndarray, mask: np.ndarray, grid: Grid) -> np.ndarray:
+def _n4_sitk(array: np.ndarray, mask: np.ndarray, grid: Grid, threads: int | None) -> np.ndarray:
     import SimpleITK as sitk
 
     # SimpleITK arrays are [k, j, i]; spacing is per (i, j, k).
@@ -82,6 +94,8 @@ def _n4_sitk(array: np.ndarray, mask: np.ndarray, grid: Grid) -> np.ndarray:
     n4 = sitk.N4BiasFieldCorrectionImageFilter()
     n4.SetMaximumNumberOfIterations(list(ITERATIONS))
     n4.SetConvergenceThreshold(CONVERGENCE)
+    if threads:
+        n4.SetNumberOfThreads(threads)
     n4.Execute(small, small_mask)
     log_field = n4.GetLogBiasFieldAsImage(image)
     corrected = image / sitk.Exp(log_field)

@@ -131,7 +131,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="CPU threads for inference, and sequences N4-corrected at once (default: all CPUs)",
+        help="CPU threads for inference and N4 (SimpleITK fits several sequences at once)",
     )
     options.add_argument(
         "--min-component-ml",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bias import available_backend, n4_correct
+from .bias import CONCURRENT_BACKENDS, available_backend, n4_correct
 from .conform import resample_to_grid
 from .geometry import Grid, cropped_grid, reoriented_grid, zoomed_grid
 from .model import ModelSpec
@@ -27,6 +27,7 @@ ProgressFn = Callable[[float, str], None]
 # N4 took ANTsPy's convergence threshold: ANTsPy's arrays did not change, and prepare prefers
 # ANTsPy (each case's manifest entry names the backend that ran).
 PREPROCESSING_VERSION = 2
+MAX_CONCURRENT_N4 = 4
 
 
 @dataclass
@@ -149,6 +150,13 @@ def preprocess(
     )
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (a container or taskset may allow fewer than exist)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _n4_channels(
     channels: dict[str, np.ndarray],
     mask: np.ndarray,
@@ -157,28 +165,39 @@ def _n4_channels(
     threads: int | None,
     report: ProgressFn,
 ) -> dict[str, np.ndarray]:
-    """N4-correct every sequence, up to ``threads`` of them at once.
+    """N4-correct every sequence; with SimpleITK several at once on a multi-core machine.
 
     The fits are independent (each sees only its own sequence, so the arrays equal those of
-    one fit after the other) and SimpleITK's native code releases Python's lock while it runs,
-    so on a multi-core machine threads fit several sequences side by side.
+    one fit after the other). SimpleITK's native code releases Python's lock, so threads fit
+    sequences side by side, the ``threads`` CPUs shared among them; ANTsPy's fits take turns.
     """
     names = list(channels)
-    workers = max(1, min(len(names), threads or os.cpu_count() or 1))
+    cpus = threads or _usable_cpus()
+    side_by_side = backend in CONCURRENT_BACKENDS
+    # At most 4 fits at once: each holds a few full-size copies of its sequence in memory.
+    workers = max(1, min(len(names), cpus, MAX_CONCURRENT_N4)) if side_by_side else 1
     done: dict[str, np.ndarray] = {}
     if workers == 1:
         for n, c in enumerate(names):
             report(n / len(names), f"bias correction of {c} ({backend})")
-            done[c] = n4_correct(channels[c], mask, grid, backend=backend)
+            done[c] = n4_correct(channels[c], mask, grid, backend=backend, threads=threads)
         return done
     report(0.0, f"bias correction of {len(names)} sequences, {workers} at a time ({backend})")
+    per_fit = max(1, cpus // workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="n4") as pool:
         futures = {
-            pool.submit(n4_correct, channels[c], mask, grid, backend=backend): c for c in names
+            pool.submit(n4_correct, channels[c], mask, grid, backend=backend, threads=per_fit): c
+            for c in names
         }
-        for future in as_completed(futures):
-            done[futures[future]] = future.result()
-            report(len(done) / len(names), f"bias correction ({backend}): {len(done)}/{len(names)}")
+        try:
+            for future in as_completed(futures):
+                done[futures[future]] = future.result()
+                report(
+                    len(done) / len(names), f"bias correction ({backend}): {len(done)}/{len(names)}"
+                )
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # the queued fits are not started
+            raise
     return done
 
 
