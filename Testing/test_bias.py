@@ -150,25 +150,22 @@ def test_sequences_corrected_side_by_side_equal_one_after_the_other() -> None:
     from BrainTumorSegLib.preprocess import preprocess
 
     images, grid, spec = _four_sequences()
-    side_by_side: list[str] = []
-    one_by_one: list[str] = []
-    threaded = preprocess(
-        images,
-        grid,
-        spec,
-        bias_backend="sitk",
-        threads=4,
-        progress=lambda f, m: side_by_side.append(m),
-    )
-    serial = preprocess(
-        images,
-        grid,
-        spec,
-        bias_backend="sitk",
-        threads=1,
-        progress=lambda f, m: one_by_one.append(m),
-    )
-    np.testing.assert_array_equal(threaded.array, serial.array)
+
+    def run(threads: int) -> tuple[np.ndarray, list[str]]:
+        steps: list[str] = []
+        prepared = preprocess(
+            images,
+            grid,
+            spec,
+            bias_backend="sitk",
+            threads=threads,
+            progress=lambda f, m: steps.append(m),
+        )
+        return prepared.array, steps
+
+    threaded, side_by_side = run(4)
+    serial, one_by_one = run(1)
+    np.testing.assert_array_equal(threaded, serial)
     assert any("4 at a time" in m for m in side_by_side), side_by_side
     assert any("4/4" in m for m in side_by_side), side_by_side  # counts finished sequences
     assert not any("at a time" in m for m in one_by_one), one_by_one

@@ -150,13 +150,6 @@ def preprocess(
     )
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may run on (a container or taskset may allow fewer than exist)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
 def _n4_channels(
     channels: dict[str, np.ndarray],
     mask: np.ndarray,
@@ -172,7 +165,7 @@ def _n4_channels(
     sequences side by side, the ``threads`` CPUs shared among them; ANTsPy's fits take turns.
     """
     names = list(channels)
-    cpus = threads or _usable_cpus()
+    cpus = threads or os.cpu_count() or 1  # as the run's report counts them
     side_by_side = backend in CONCURRENT_BACKENDS
     # At most 4 fits at once: each holds a few full-size copies of its sequence in memory.
     workers = max(1, min(len(names), cpus, MAX_CONCURRENT_N4)) if side_by_side else 1
