@@ -103,6 +103,20 @@ def test_segment_refuses_an_unknown_backend_before_any_work(
         segment(images, tmp_path / "out", bias_backend="fsl")
 
 
+def test_segmentation_prefers_simpleitk_and_falls_back_to_ants(monkeypatch) -> None:
+    """Segmentation looks for SimpleITK first, training's preparation for ANTsPy; each takes the
+    other when its first choice is missing, and says which packages would do when none is."""
+    installed = {"SimpleITK", "ants"}
+    monkeypatch.setattr(bias.importlib.util, "find_spec", lambda name: name in installed or None)
+    assert bias.available_backend(None, bias.SEGMENT_ORDER) == "sitk"
+    assert bias.available_backend() == "ants"
+    installed.discard("SimpleITK")
+    assert bias.available_backend(None, bias.SEGMENT_ORDER) == "ants"
+    installed.clear()
+    with pytest.raises(RuntimeError, match="SimpleITK or antspyx"):
+        bias.available_backend(None, bias.SEGMENT_ORDER)
+
+
 def test_unknown_backend_is_refused() -> None:
     image, _, mask, grid = _biased_phantom()
     with pytest.raises(ValueError, match="backend"):
@@ -112,14 +126,15 @@ def test_unknown_backend_is_refused() -> None:
 
 
 def test_bundled_model_runs_with_slicers_n4_on_the_self_test_case(tmp_path: Path) -> None:
-    """The in-Slicer self-test's case (64x72x56, 2 mm) with SimpleITK's N4, as in Slicer: N4
-    copes with a small, coarse brain and the tumour is found where it was planted."""
+    """The in-Slicer self-test's case (64x72x56, 2 mm) with the default N4, SimpleITK's as in
+    Slicer (also when ANTsPy is installed): N4 copes with a small, coarse brain and the tumour
+    is found where it was planted."""
     from BrainTumorSegLib import segment
     from BrainTumorSegLib.labels import region_mask
     from BrainTumorSegLib.slicer_glue import self_test_case
 
     images = _write_self_test_case(tmp_path)
-    result = segment(images, tmp_path / "out", bias_backend="sitk", overlay=False)
+    result = segment(images, tmp_path / "out", overlay=False)
     settings = result.report["settings"]
     assert settings["bias_correction"] is True and settings["bias_backend"] == "sitk"
     found = region_mask(result.classes, "WT")

@@ -23,21 +23,27 @@ CONVERGENCE = 1e-7
 # Backends whose native N4 releases Python's lock, so that several sequences can be fitted side
 # by side in threads (ANTsPy's bindings keep the lock: its fits would only take turns).
 CONCURRENT_BACKENDS = ("sitk",)
+# The order in which segmentation looks for a backend: SimpleITK first, a core dependency (3D
+# Slicer's N4) that gives the same segmentation as ANTsPy (README, N4 backends) and fits the four
+# sequences side by side. Training's data preparation keeps BACKENDS' order (ANTsPy first), as
+# the shipped models' training sets were corrected with it and one cached training set must not
+# mix backends.
+SEGMENT_ORDER = ("sitk", "ants")
 
 
-def available_backend(preferred: str | None = None) -> str:
-    """The N4 backend to use: ``preferred`` (which must then be installed), else ANTsPy if
-    installed, else SimpleITK.
+def available_backend(preferred: str | None = None, order: tuple[str, ...] = BACKENDS) -> str:
+    """The N4 backend to use: ``preferred`` (which must then be installed), else the first
+    installed one of ``order`` (by default ANTsPy, then SimpleITK).
 
     Raises ValueError for an unknown name and RuntimeError when the backend is not installed,
     so that a requested comparison never silently runs the other backend.
     """
     if preferred is not None and preferred not in BACKENDS:
         raise ValueError(f"unknown bias-correction backend {preferred!r}; use one of {BACKENDS}")
-    for backend in [preferred] if preferred else BACKENDS:
+    for backend in [preferred] if preferred else order:
         if importlib.util.find_spec(_MODULES[backend]) is not None:
             return backend
-    wanted = _PACKAGES[preferred] if preferred else " or ".join(_PACKAGES.values())
+    wanted = _PACKAGES[preferred] if preferred else " or ".join(_PACKAGES[b] for b in order)
     raise RuntimeError(f"bias correction needs {wanted}, which is not installed")
 
 

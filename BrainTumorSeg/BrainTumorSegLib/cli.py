@@ -123,7 +123,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         choices=BACKENDS,
         default=None,
         help="N4 implementation: ants (ANTsPy) or sitk (SimpleITK, as in 3D Slicer); "
-        "default ANTsPy when installed, else SimpleITK",
+        "default SimpleITK when installed (fits the sequences side by side), else ANTsPy",
     )
     add_model_default_options(options)
     options.add_argument(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .bias import available_backend
+from .bias import SEGMENT_ORDER, available_backend
 from .conform import resample_to_grid
 from .errors import InputError
 from .geometry import Grid
@@ -108,7 +108,7 @@ def segment(
     ``keep_largest_component`` and ``window`` (network windows of ``window``³ working voxels,
     0 for the whole volume) None take the model's own defaults (``model.json``);
     ``bias_correction`` None too (N4 if the model was trained with it). ``bias_backend`` picks
-    the N4 implementation, "ants" or "sitk" (None: ANTsPy when installed, else SimpleITK).
+    the N4 implementation, "ants" or "sitk" (None: SimpleITK when installed, else ANTsPy).
     Returns class indices on the reference input's grid.
     Raises :class:`InputError` for bad input before anything is written.
     """
@@ -148,7 +148,7 @@ def segment(
         apply_n4 = spec.bias_correction if bias_correction is None else bias_correction
         if apply_n4:
             try:  # before any heavy work: a missing or unknown N4 backend is the user's to fix
-                bias_backend = available_backend(bias_backend)
+                bias_backend = available_backend(bias_backend, SEGMENT_ORDER)
             except (ValueError, RuntimeError) as e:
                 raise InputError(str(e)) from e
         spec = with_window(spec, window)
