@@ -101,13 +101,30 @@ def test_segment_refuses_an_unknown_backend_before_any_work(
     monkeypatch.setattr(pipeline, "load_volume", not_yet)
     with pytest.raises(InputError, match="backend"):
         segment(images, tmp_path / "out", bias_backend="fsl")
+    # With neither installed, the message lists segmentation's order, SimpleITK first.
+    real = bias.importlib.util.find_spec
+    missing = {"SimpleITK", "ants"}
+    monkeypatch.setattr(
+        bias.importlib.util, "find_spec", lambda n, *a: None if n in missing else real(n, *a)
+    )
+    with pytest.raises(InputError, match="SimpleITK or antspyx"):
+        segment(images, tmp_path / "out", bias_correction=True)
 
 
-def test_segmentation_prefers_simpleitk_and_falls_back_to_ants(monkeypatch) -> None:
+def test_segmentation_prefers_simpleitk_and_falls_back_to_ants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Segmentation looks for SimpleITK first, training's preparation for ANTsPy; each takes the
     other when its first choice is missing, and says which packages would do when none is."""
     installed = {"SimpleITK", "ants"}
-    monkeypatch.setattr(bias.importlib.util, "find_spec", lambda name: name in installed or None)
+    real = bias.importlib.util.find_spec
+
+    def find_spec(name: str, *args):
+        if name in ("SimpleITK", "ants"):
+            return object() if name in installed else None
+        return real(name, *args)
+
+    monkeypatch.setattr(bias.importlib.util, "find_spec", find_spec)
     assert bias.available_backend(None, bias.SEGMENT_ORDER) == "sitk"
     assert bias.available_backend() == "ants"
     installed.discard("SimpleITK")
