@@ -89,8 +89,7 @@ def prepare_case(
     raw = np.rint(label_volume.array).astype(np.int16)
     used = detect_convention(raw, case.labels) if convention == "auto" else convention
     classes = convention_to_classes(raw, used)
-    # The backend check_bias_backend expects; cases already run in parallel workers.
-    pre = preprocess(images, reference, spec, bias_backend=available_backend(), threads=1)
+    pre = preprocess(images, reference, spec, threads=1)  # cases already run in parallel workers
     working = labels_to_working(classes, label_volume.grid, pre.grid)
     folder = Path(out_dir)
     _save_npy_atomic(folder / f"{case.case_id}_image.npy", pre.array.astype(np.float32))

@@ -112,7 +112,9 @@ def preprocess(
     """Turn images on the reference ``grid`` into the network input described by ``spec``.
 
     ``bias_correction`` None follows the model's metadata (what it was trained with);
-    ``bias_backend`` is the N4 implementation (see :func:`bias.available_backend`).
+    ``bias_backend`` is the N4 implementation; None takes :func:`bias.available_backend`'s
+    default order (ANTsPy first, as training's ``prepare`` and its cache check expect);
+    :func:`pipeline.segment` passes the backend it chose (``bias.SEGMENT_ORDER``).
     ``brain_mask`` (bool, on ``grid``) replaces the non-zero voxels as the brain, e.g. from
     skull stripping of raw scans; voxels outside it are zero in the network input.
     ``threads`` caps how many sequences are N4-corrected at once (None: one per CPU).
