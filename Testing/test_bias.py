@@ -77,12 +77,21 @@ def test_backends_give_the_same_network_input() -> None:
     assert np.abs(ants_z - sitk_z).max() < 0.01
 
 
+def _fake_n4_modules(monkeypatch: pytest.MonkeyPatch, installed: set[str]) -> None:
+    """Only the N4 modules in ``installed`` ("SimpleITK", "ants") look installed; every other
+    module is looked up for real. The set is read at each lookup, so a test may change it."""
+
+    def fake(name: str, *args):
+        if name in ("SimpleITK", "ants"):
+            return object() if name in installed else None
+        return find_spec(name, *args)
+
+    monkeypatch.setattr(bias.importlib.util, "find_spec", fake)
+
+
 def test_a_requested_backend_that_is_missing_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A comparison of the two backends must never silently run one of them twice."""
-    real = bias.importlib.util.find_spec
-    monkeypatch.setattr(
-        bias.importlib.util, "find_spec", lambda name: None if name == "ants" else real(name)
-    )
+    _fake_n4_modules(monkeypatch, {"SimpleITK"})
     with pytest.raises(RuntimeError, match="antspyx"):
         bias.available_backend("ants")
     assert bias.available_backend() == "sitk"  # no preference: what is installed
@@ -102,11 +111,7 @@ def test_segment_refuses_an_unknown_backend_before_any_work(
     with pytest.raises(InputError, match="backend"):
         segment(images, tmp_path / "out", bias_backend="fsl")
     # With neither installed, the message lists segmentation's order, SimpleITK first.
-    real = bias.importlib.util.find_spec
-    missing = {"SimpleITK", "ants"}
-    monkeypatch.setattr(
-        bias.importlib.util, "find_spec", lambda n, *a: None if n in missing else real(n, *a)
-    )
+    _fake_n4_modules(monkeypatch, set())
     with pytest.raises(InputError, match="SimpleITK or antspyx"):
         segment(images, tmp_path / "out", bias_correction=True)
 
@@ -117,14 +122,7 @@ def test_segmentation_prefers_simpleitk_and_falls_back_to_ants(
     """Segmentation looks for SimpleITK first, training's preparation for ANTsPy; each takes the
     other when its first choice is missing, and says which packages would do when none is."""
     installed = {"SimpleITK", "ants"}
-    real = bias.importlib.util.find_spec
-
-    def find_spec(name: str, *args):
-        if name in ("SimpleITK", "ants"):
-            return object() if name in installed else None
-        return real(name, *args)
-
-    monkeypatch.setattr(bias.importlib.util, "find_spec", find_spec)
+    _fake_n4_modules(monkeypatch, installed)
     assert bias.available_backend(None, bias.SEGMENT_ORDER) == "sitk"
     assert bias.available_backend() == "ants"
     installed.discard("SimpleITK")
