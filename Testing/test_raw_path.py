@@ -155,6 +155,36 @@ def test_skull_stripping_finds_a_strongly_pitched_head(phantom) -> None:
     assert score > 0.9, f"brain-mask Dice {score:.3f} on a pitched head"  # one start: 0.84
 
 
+def test_skull_stripping_keeps_the_start_with_the_best_final_fit(phantom, monkeypatch) -> None:
+    """Every head-pitch start runs the full schedule and the lowest final metric wins (a
+    choice after a short coarse run picked a start that ended over the skull vault)."""
+    from BrainTumorSegLib import skullstrip
+    from BrainTumorSegLib.rawlike import add_head
+
+    head, brain, grid, _ = add_head(phantom.images, phantom.brain_mask, phantom.grid, seed=2)
+    final_mi = dict(zip(skullstrip.PITCH_STARTS_DEG, (-0.36, -0.37, -0.38, -0.44, -0.42)))
+    calls = []
+
+    def fake_register(fixed, fixed_grid, moving, moving_grid, *, shrink, initial, **kwargs):
+        pitch = next(
+            p for p in final_mi if np.allclose(initial, skullstrip.pitched_start(centre, p))
+        )
+        calls.append((pitch, tuple(shrink)))
+        return Registration(
+            matrix=initial, seconds=1.0, metric_before=-0.3, metric_after=final_mi[pitch]
+        )
+
+    centre = (
+        grid.affine[:3, :3] @ np.argwhere(skullstrip.head_mask(head["t1"], grid)).mean(axis=0)
+        + grid.affine[:3, 3]
+    )
+    monkeypatch.setattr(skullstrip, "register", fake_register)
+    result = skullstrip.strip_skull(head["t1"], grid)
+    assert sorted(calls) == sorted((p, skullstrip.AFFINE_SHRINK) for p in final_mi)
+    assert result.start_pitch == 15.0 and result.registration.metric_after == -0.44
+    assert result.start_metrics == final_mi and result.registration.seconds == len(final_mi)
+
+
 def test_auto_mode_skips_what_is_not_needed(phantom, rawlike) -> None:
     stripped = {s: Volume(phantom.images[s], phantom.grid) for s in phantom.images}
     assert needed_steps(stripped, "t1ce")["register"] is False

@@ -204,11 +204,15 @@ def prepare_raw(
         mask = stripped.mask
         warnings += stripped.warnings
         strip_info = {
-            "method": "MNI152 2009 brain mask, affine registration from the best of "
-            f"{len(PITCH_STARTS_DEG)} head-pitch starts (nilearn package data)",
+            "method": "MNI152 2009 brain mask, affine registration from "
+            f"{len(PITCH_STARTS_DEG)} head-pitch starts, the best fit kept (nilearn package data)",
             "image": source,
             "brain_volume_ml": round(stripped.volume_ml, 1),
             "registration_s": round(stripped.registration.seconds, 2),
+            "start_pitch_deg": stripped.start_pitch,
+            "start_mutual_information": {  # higher = better, as for the sequences
+                f"{pitch:+g}": round(-mi, 4) for pitch, mi in stripped.start_metrics.items()
+            },
         }
     else:
         mask = np.zeros(grid.shape, dtype=bool)

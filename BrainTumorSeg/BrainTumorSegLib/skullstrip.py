@@ -35,12 +35,13 @@ MNI_BRAIN_CENTRE_MM = np.array([0.0, -18.0, 10.0])
 # Head pitch (nodding, about the left-right axis) varies by tens of degrees between scanners and
 # patients, and a single affine run from "no rotation" can stop in a wrong optimum: on the raw
 # TCGA case it left the template brain over the orbits (MI -0.39, 2.0-2.2 L) where a start at
-# +15 degrees found the brain (MI -0.44, 1.6 L). A short coarse run from each of these starts
-# picks the best, which the full schedule then refines.
+# +15 degrees found the brain (MI -0.44, 1.6 L). Each start runs the full schedule and the
+# lowest final metric wins: the starts only separate at the finest level. Choosing after a
+# short coarse run from each (as before) picked the wrong start in some runs of that case,
+# whose coarse metrics lay close together (-0.346 to -0.367 in one probe) in an order that
+# changed from run to run (the registrations run on several threads): masks of 2.1-2.3 L over
+# the skull vault.
 PITCH_STARTS_DEG = (-30.0, -15.0, 0.0, 15.0, 30.0)
-SEARCH_SHRINK = (4,)
-SEARCH_SIGMAS_MM = (6.0,)
-SEARCH_ITERATIONS = (60,)
 # BraTS brain masks keep the CSF rim around the brain, the MNI152 mask less of it; a margin
 # also keeps a tumour at the brain surface inside. Measured on a raw-like BraTS case: Dice
 # 0.929 without, 0.950 with 2 mm, 0.952 with 3 mm (fixed at 2 mm before the other cases).
@@ -55,9 +56,11 @@ class SkullStrip:
     """Brain mask on the patient grid and how it was obtained."""
 
     mask: np.ndarray
-    registration: Registration
+    registration: Registration  # the winning start's; ``seconds`` counts every start
     volume_ml: float
     warnings: list[str]
+    start_metrics: dict[float, float]  # head pitch of each start (degrees) -> its final MI
+    start_pitch: float
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,33 +128,23 @@ def strip_skull(image: np.ndarray, grid: Grid) -> SkullStrip:
     head_centre = grid.affine[:3, :3] @ np.argwhere(head).mean(axis=0) + grid.affine[:3, 3]
     moving_mask = inner_head(head, grid, SCALP_SKULL_MM)
     common = {"kind": "Affine", "fixed_mask": metric_mask, "moving_mask": moving_mask}
-    searches = [
-        register(
+    fits = {
+        pitch: register(
             template,
             template_grid,
             image,
             grid,
-            shrink=SEARCH_SHRINK,
-            sigmas_mm=SEARCH_SIGMAS_MM,
-            iterations=SEARCH_ITERATIONS,
+            shrink=AFFINE_SHRINK,
+            sigmas_mm=AFFINE_SIGMAS_MM,
+            iterations=AFFINE_ITERATIONS,
             initial=pitched_start(head_centre, pitch),
             **common,
         )
         for pitch in PITCH_STARTS_DEG
-    ]
-    best = min(searches, key=lambda r: r.metric_after)  # Mattes MI: lower is better
-    registration = register(
-        template,
-        template_grid,
-        image,
-        grid,
-        shrink=AFFINE_SHRINK,
-        sigmas_mm=AFFINE_SIGMAS_MM,
-        iterations=AFFINE_ITERATIONS,
-        initial=best.matrix,
-        **common,
-    )
-    registration.seconds += sum(r.seconds for r in searches)
+    }
+    best_pitch = min(fits, key=lambda pitch: fits[pitch].metric_after)  # Mattes MI: lower wins
+    registration = fits[best_pitch]
+    registration.seconds = sum(r.seconds for r in fits.values())
     # registration.matrix maps template world -> patient world; so the template sits in the
     # patient's world at inv(inv(matrix)) = matrix @ affine.
     placed = placed_grid(prob_grid, np.linalg.inv(registration.matrix))
@@ -166,4 +159,11 @@ def strip_skull(image: np.ndarray, grid: Grid) -> SkullStrip:
             f"the brain mask holds {volume_ml:.0f} mL, outside the usual {low:.0f}-{high:.0f} mL; "
             "skull stripping may have failed (check the overlay)"
         )
-    return SkullStrip(mask=mask, registration=registration, volume_ml=volume_ml, warnings=warnings)
+    return SkullStrip(
+        mask=mask,
+        registration=registration,
+        volume_ml=volume_ml,
+        warnings=warnings,
+        start_metrics={pitch: fit.metric_after for pitch, fit in fits.items()},
+        start_pitch=best_pitch,
+    )
