@@ -7,6 +7,7 @@ from scipy import ndimage
 from BrainTumorSegLib.conform import resample_to_grid
 from BrainTumorSegLib.geometry import (
     Grid,
+    apply_affine,
     cropped_grid,
     reoriented_grid,
     voxel_mapping,
@@ -127,3 +128,11 @@ def test_oblique_resampling_preserves_a_blob_position(angles, spacing):
     centre_voxel = (np.indices(there.shape).reshape(3, -1) * weights.ravel()).sum(axis=1)
     centre_there = oblique.affine[:3, :3] @ centre_voxel + oblique.affine[:3, 3]
     assert np.linalg.norm(centre_there - np.array([12, 16, 14])) < 0.5
+
+
+def test_world_centroid_is_the_mean_voxel_centre_in_world_coordinates():
+    grid = Grid((6, 7, 8), make_affine((1.5, 2.0, 0.8), angles=(0.3, -0.2, 0.1), origin=(4, -5, 6)))
+    mask = np.zeros(grid.shape, dtype=bool)
+    mask[1, 2, 3] = mask[3, 6, 7] = True
+    expected = apply_affine(grid.affine, np.array([[2.0, 4.0, 5.0]]))[0]
+    assert np.allclose(grid.world_centroid(mask), expected)

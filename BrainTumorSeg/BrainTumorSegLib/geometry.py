@@ -58,6 +58,10 @@ class Grid:
         corners = np.array(np.meshgrid(*ranges, indexing="ij")).reshape(3, -1).T
         return apply_affine(self.affine, corners)
 
+    def world_centroid(self, mask: np.ndarray) -> np.ndarray:
+        """World coordinates (3,) of the mean voxel centre of a non-empty boolean ``mask``."""
+        return apply_affine(self.affine, np.argwhere(mask).mean(axis=0)[None])[0]
+
     def same_as(self, other: Grid, *, atol: float = 1e-4) -> bool:
         """True when both grids have the same shape and (numerically) the same affine."""
         return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=atol)

@@ -211,7 +211,7 @@ def make_rawlike(
     if labels is not None:
         padded_labels = np.zeros(head_grid.shape, dtype=labels.dtype)
         padded_labels[inner] = labels
-    centre = head_grid.affine[:3, :3] @ (np.argwhere(mask).mean(axis=0)) + head_grid.affine[:3, 3]
+    centre = head_grid.world_centroid(mask)
     extent = np.ptp(np.argwhere(mask), axis=0) * head_grid.spacing
     slices = slices or int(np.ceil((extent[2] + 30.0) / slice_mm))
     # Field of view scaled to the in-plane matrix, as on scanners (covers the head with margin).

@@ -38,9 +38,8 @@ MNI_BRAIN_CENTRE_MM = np.array([0.0, -18.0, 10.0])
 # +15 degrees found the brain (MI -0.44, 1.6 L). Each start runs the full schedule and the
 # lowest final metric wins: the starts only separate at the finest level. Choosing after a
 # short coarse run from each (as before) picked the wrong start in some runs of that case,
-# whose coarse metrics lay close together (-0.346 to -0.367 in one probe) in an order that
-# changed from run to run (the registrations run on several threads): masks of 2.1-2.3 L over
-# the skull vault.
+# whose coarse metrics lay close together in an order that changed from run to run (the
+# registrations run on several threads): masks of 2.1 L over the skull vault.
 PITCH_STARTS_DEG = (-30.0, -15.0, 0.0, 15.0, 30.0)
 # BraTS brain masks keep the CSF rim around the brain, the MNI152 mask less of it; a margin
 # also keeps a tumour at the brain surface inside. Measured on a raw-like BraTS case: Dice
@@ -60,7 +59,7 @@ class SkullStrip:
     volume_ml: float
     warnings: list[str]
     start_metrics: dict[float, float]  # head pitch of each start (degrees) -> its final MI
-    start_pitch: float
+    start_pitch: float  # the start whose fit was kept
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,7 +124,7 @@ def strip_skull(image: np.ndarray, grid: Grid) -> SkullStrip:
         raise ValueError("no head found in the image (it is empty or all noise)")
     # Start with the template brain centred on the head: scanner coordinates say nothing
     # about where MNI space lies. The head's centre sits a little below the brain's centre.
-    head_centre = grid.affine[:3, :3] @ np.argwhere(head).mean(axis=0) + grid.affine[:3, 3]
+    head_centre = grid.world_centroid(head)
     moving_mask = inner_head(head, grid, SCALP_SKULL_MM)
     common = {"kind": "Affine", "fixed_mask": metric_mask, "moving_mask": moving_mask}
     fits = {
