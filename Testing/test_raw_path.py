@@ -31,6 +31,7 @@ from BrainTumorSegLib.raw import (
 )
 from BrainTumorSegLib.rawlike import make_rawlike, rigid_matrix, write_rawlike
 from BrainTumorSegLib.register import Registration, ants_affine_to_ras
+from BrainTumorSegLib.skullstrip import PITCH_STARTS_DEG
 
 SMALL = {s: (88, 88) for s in ("t1", "t1ce", "t2", "flair")}
 
@@ -237,6 +238,16 @@ def test_segment_raw_end_to_end(rawlike, raw_run: Path) -> None:
     report = json.loads((raw_run / "report.json").read_text())
     assert report["raw"]["registered"] and report["raw"]["skull_stripped"]
     assert set(report["raw"]["registration"]) == {"t1", "t2", "flair"}
+    # The skull strip reports every head-pitch start and keeps the best fit; its brain volume
+    # is that of the brain mask written among the intermediates.
+    strip = report["raw"]["skull_strip"]
+    starts = strip["start_mutual_information"]
+    assert len(starts) == len(PITCH_STARTS_DEG)
+    assert max(starts, key=starts.get) == f"{strip['start_pitch_deg']:+g}"
+    mask = nib.load(raw_run / "intermediates" / "brain_mask.nii.gz")
+    voxel_ml = abs(np.linalg.det(mask.affine[:3, :3])) / 1000
+    mask_ml = np.count_nonzero(np.asarray(mask.dataobj)) * voxel_ml
+    assert strip["brain_volume_ml"] == pytest.approx(mask_ml, abs=0.1)
     assert (raw_run / "overlay.png").stat().st_size > 10_000
     for sequence in ("t1", "t1ce", "t2", "flair"):
         assert (raw_run / "intermediates" / f"registered_{sequence}.nii.gz").is_file()
