@@ -11,7 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", ROOT / "Training" / "EXPERIMENTS.md"]
-LINK = re.compile(r"\]\(([^)\s]+)\)")
+# Inline links and images, with optional <...> and "title"; reference definitions "[r]: target".
+LINK = re.compile(r"\]\(\s*(?:<([^>\n]+)>|([^)\s]+))(?:\s+\"[^\"]*\")?\s*\)")
+REFERENCE = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?([^\s>]+)>?", re.MULTILINE)
+SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*:")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
 HTML_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
@@ -22,7 +25,9 @@ KEPT_CATEGORIES = ("L", "M", "Nd", "Nl", "Pc")
 
 def github_anchor(heading: str) -> str:
     """The anchor GitHub gives a heading (before the -1, -2 suffixes of repeated headings)."""
-    text = re.sub(r"`|\*\*|__", "", heading)
+    # Underscores that open or close emphasis go; those inside words or code spans stay.
+    text = re.sub(r"(?<![\w`])_+(?=\w)|(?<=\w)_+(?![\w`])", "", heading)
+    text = text.replace("`", "")
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)  # a link's text stays, its target goes
     kept = (
         c for c in text.lower() if c in "- " or unicodedata.category(c).startswith(KEPT_CATEGORIES)
@@ -53,16 +58,16 @@ def anchors(path: Path) -> set[str]:
 
 
 def relative_links(path: Path) -> list[str]:
-    """Link targets outside code blocks that are not web addresses."""
-    targets = []
-    fenced = False
+    """Link targets outside code blocks that are not web addresses (a link may span lines)."""
+    prose, fenced = [], False
     for line in path.read_text(encoding="utf-8").splitlines():
         if FENCE.match(line):
             fenced = not fenced
-            continue
-        if not fenced:
-            targets += [t for t in LINK.findall(line) if not re.match(r"[a-z]+:", t)]
-    return targets
+        elif not fenced:
+            prose.append(line)
+    text = "\n".join(prose)
+    targets = [a or b for a, b in LINK.findall(text)] + REFERENCE.findall(text)
+    return [t for t in targets if not SCHEME.match(t)]
 
 
 def test_github_anchor_follows_githubs_rules() -> None:
@@ -74,6 +79,20 @@ def test_github_anchor_follows_githubs_rules() -> None:
         "not-adopted-yet-a-second-seed-two-network-ensemble"
     )
     assert github_anchor("The `segment` command") == "the-segment-command"
+    assert github_anchor("_Emphasis_ and the `__init__` file") == "emphasis-and-the-__init__-file"
+
+
+def test_links_are_found_in_every_markdown_form(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        'See [a](one.md), [b](<two three.md>), [c](four.md "title"), ![d](five.png),\n'
+        "[split\nover lines](six.md#part), [web](HTTPS://example.org) and [ref][r].\n\n"
+        "```\n[not a link](seven.md)\n```\n\n[r]: eight.md\n",
+        encoding="utf-8",
+    )
+    assert sorted(relative_links(page)) == sorted(
+        ["one.md", "two three.md", "four.md", "five.png", "six.md#part", "eight.md"]
+    )
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
@@ -82,7 +101,9 @@ def test_relative_links_reach_a_file_and_heading(document: Path) -> None:
     for target in relative_links(document):
         file_part, _, fragment = target.partition("#")
         linked = (document.parent / file_part).resolve() if file_part else document
-        if not linked.exists():
+        if not linked.is_relative_to(ROOT):
+            broken.append(f"{target}: leads out of the repository")
+        elif not linked.exists():
             broken.append(f"{target}: no file {linked.relative_to(ROOT)}")
         elif fragment and linked.suffix == ".md" and fragment not in anchors(linked):
             broken.append(f"{target}: no heading with that anchor in {linked.name}")

@@ -243,7 +243,7 @@ def test_segment_raw_end_to_end(rawlike, raw_run: Path) -> None:
     strip = report["raw"]["skull_strip"]
     starts = strip["start_mutual_information"]
     assert len(starts) == len(PITCH_STARTS_DEG)
-    assert max(starts, key=starts.get) == f"{strip['start_pitch_deg']:+g}"
+    assert starts[f"{strip['start_pitch_deg']:+g}"] == max(starts.values())
     mask = nib.load(raw_run / "intermediates" / "brain_mask.nii.gz")
     voxel_ml = abs(np.linalg.det(mask.affine[:3, :3])) / 1000
     mask_ml = np.count_nonzero(np.asarray(mask.dataobj)) * voxel_ml
