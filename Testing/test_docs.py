@@ -35,18 +35,23 @@ def github_anchor(heading: str) -> str:
     return "".join(kept).replace(" ", "-")
 
 
+def prose_lines(path: Path) -> list[str]:
+    """A Markdown file's lines outside fenced code blocks."""
+    lines, fenced = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+        elif not fenced:
+            lines.append(line)
+    return lines
+
+
 def anchors(path: Path) -> set[str]:
     """Every anchor of a Markdown file: its headings' (repeated ones numbered) and its
     ``<a id="...">`` tags'."""
     seen: dict[str, int] = {}
     found: set[str] = set()
-    fenced = False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if FENCE.match(line):
-            fenced = not fenced
-            continue
-        if fenced:
-            continue
+    for line in prose_lines(path):
         found.update(HTML_ANCHOR.findall(line))
         match = HEADING.match(line)
         if match:
@@ -59,13 +64,7 @@ def anchors(path: Path) -> set[str]:
 
 def relative_links(path: Path) -> list[str]:
     """Link targets outside code blocks that are not web addresses (a link may span lines)."""
-    prose, fenced = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if FENCE.match(line):
-            fenced = not fenced
-        elif not fenced:
-            prose.append(line)
-    text = "\n".join(prose)
+    text = "\n".join(prose_lines(path))
     targets = [a or b for a, b in LINK.findall(text)] + REFERENCE.findall(text)
     return [t for t in targets if not SCHEME.match(t)]
 
