@@ -291,3 +291,50 @@ def test_largest_component_option_and_model_default(tmp_path, tiny_model):
     assert count_components(segment(paths, model=spec).classes) == 1
     kept_all = segment(paths, model=spec, keep_largest_component=False)
     assert count_components(kept_all.classes) == 2
+
+
+def test_saved_probabilities_give_back_the_segmentation_on_the_input_grid(tmp_path, tiny_model):
+    from BrainTumorSegLib.model import load_model_spec
+    from BrainTumorSegLib.postprocess import labels_from_output
+
+    # An oblique, anisotropic grid: the probabilities must land where the labels do.
+    affine = make_affine((1.2, 0.9, 2.5), (0.2, -0.1, 0.3), (1, -1, 1), (10.0, -5.0, 3.0))
+    paths = blob_case(tmp_path / "case", affine)
+    result = segment(paths, tmp_path / "out", model=tiny_model, save_probabilities=True)
+    assert "probabilities" in result.outputs
+    image = nib.load(str(result.outputs["probabilities"]))
+    assert image.shape == (*result.grid.shape, 3) and image.get_data_dtype() == np.float32
+    np.testing.assert_allclose(image.affine, nib.load(str(paths["t1ce"])).affine, atol=1e-5)
+    assert result.report["probability_channels"] == ["NCR", "ED", "ET"]
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["probability_channels"] == ["NCR", "ED", "ET"]
+    probabilities = np.moveaxis(np.asarray(image.dataobj), -1, 0)
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+    relabelled = labels_from_output(probabilities, load_model_spec(tiny_model))
+    assert np.array_equal(relabelled, result.classes) and result.classes.any()
+    # Without the option nothing more is written.
+    plain = segment(paths, tmp_path / "plain", model=tiny_model)
+    assert "probabilities" not in plain.outputs
+    assert not (tmp_path / "plain" / "probabilities.nii.gz").exists()
+
+
+def test_region_thresholds_label_sigmoid_outputs_and_are_validated():
+    from BrainTumorSegLib.model import ModelSpec
+    from BrainTumorSegLib.postprocess import labels_from_output
+
+    regions = {"kind": "sigmoid", "regions": ["WT", "TC", "ET"]}
+    # Voxels (columns): all three regions sure (enhancing); core, enhancing only at an ET
+    # threshold below 0.4; edema only at a WT threshold below 0.45; nothing.
+    probabilities = np.array(
+        [[0.9, 0.9, 0.45, 0.1], [0.9, 0.9, 0.2, 0.1], [0.9, 0.4, 0.2, 0.1]], np.float32
+    ).reshape(3, 4, 1, 1)
+    default = labels_from_output(probabilities, ModelSpec(name="m", output=regions))
+    assert default[:, 0, 0].tolist() == [3, 1, 0, 0]
+    spec = ModelSpec(name="m", output=regions, region_thresholds={"ET": 0.35, "WT": 0.4})
+    assert spec.region_threshold("TC") == 0.5 and spec.region_threshold("ET") == 0.35
+    assert labels_from_output(probabilities, spec)[:, 0, 0].tolist() == [3, 3, 2, 0]
+    for bad in ({"ET": 1.0}, {"ET": 0.0}, {"ET": True}, {"XX": 0.4}, [0.4]):
+        with pytest.raises(ValueError, match="region_thresholds"):
+            ModelSpec(name="m", output=regions, region_thresholds=bad)
+    with pytest.raises(ValueError, match="sigmoid"):
+        ModelSpec(name="m", region_thresholds={"ET": 0.4})  # a softmax model has no regions

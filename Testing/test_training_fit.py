@@ -836,3 +836,76 @@ def test_prediction_sets_and_export_choice_options_are_named_and_checked(tmp_pat
         record_choices(spec, window=20)
     with pytest.raises(SystemExit):  # one or the other
         main(["export", "--run", "r", "--output", str(tmp_path / "o"), "--tta", "--no-tta"])
+
+
+def _probability_predictions(dataset: Path, tmp_path: Path, et_probability: float) -> Path:
+    """``segment --save-probabilities`` outputs for each synthetic case: WT and TC sure (0.8)
+    on the truth, ET only ``et_probability`` on the truth, 0 elsewhere."""
+    import nibabel as nib
+
+    from BrainTumorSegLib.labels import convention_to_classes, region_mask
+
+    predictions = tmp_path / "pred"
+    for n in range(3):
+        truth = nib.load(dataset / "HGG" / f"Synth_{n}" / f"Synth_{n}_seg.nii.gz")
+        classes = convention_to_classes(np.asarray(truth.dataobj).astype(np.int16), "brats2018")
+        sure = {"WT": 0.8, "TC": 0.8, "ET": et_probability}
+        channels = np.stack([region_mask(classes, r) * sure[r] for r in ("WT", "TC", "ET")], -1)
+        folder = predictions / f"Synth_{n}"
+        folder.mkdir(parents=True)
+        _write(folder / "segmentation.nii.gz", np.asarray(truth.dataobj), truth.affine)
+        _write(folder / "probabilities.nii.gz", channels.astype(np.float32), truth.affine)
+        report = {"probability_channels": ["WT", "TC", "ET"]}
+        (folder / "report.json").write_text(json.dumps(report))
+    return predictions
+
+
+def test_region_threshold_search_finds_an_unsure_enhancing_region(dataset: Path, tmp_path: Path):
+    from Training.cli import main
+    from Training.postprocessing import search_min_component
+
+    predictions = _probability_predictions(dataset, tmp_path, et_probability=0.45)
+    out = tmp_path / "search"
+    result = search_min_component(predictions, dataset, out, (0.0,), (0.3, 0.4, 0.5, 0.6))
+    # ET is found below 0.45 only; of 0.3 and 0.4 the one nearer 0.5; TC and WT keep 0.5.
+    assert result["best_region_thresholds"] == {"WT": 0.5, "TC": 0.5, "ET": 0.4}
+    et = {r["threshold"]: r["dice"] for r in result["region_threshold_rows"] if r["region"] == "ET"}
+    assert et[0.3] == et[0.4] == 1.0 and et[0.5] == et[0.6] == 0.0
+    assert [r["region"] for r in result["region_threshold_rows"] if r["chosen"]] == [
+        "ET",
+        "TC",
+        "WT",
+    ]
+    # The component search runs on the chosen thresholds' labels.
+    assert result["rows"][0]["dice_ET"] == 1.0 and result["rows"][0]["dice_TC"] == 1.0
+    summary = json.loads((out / "chosen" / "summary.json").read_text())
+    assert summary["dice_ET"]["mean"] == 1.0
+    assert json.loads((out / "search.json").read_text())["best_region_thresholds"]["ET"] == 0.4
+    # On the command line, no values means the default candidates.
+    args = ["postprocessing", str(predictions), str(dataset), "--output", str(tmp_path / "cli")]
+    assert main([*args, "--min-component-ml", "0", "--region-thresholds"]) == 0
+    saved = json.loads((tmp_path / "cli" / "search.json").read_text())
+    assert saved["best_region_thresholds"]["ET"] == 0.4  # of 0.3, 0.35, 0.4: nearest 0.5
+    with pytest.raises(InputError, match="between 0 and 1"):
+        search_min_component(predictions, dataset, out, (0.0,), (0.5, 1.5))
+    (predictions / "Synth_1" / "probabilities.nii.gz").unlink()
+    with pytest.raises(InputError, match="--save-probabilities"):
+        search_min_component(predictions, dataset, out, (0.0,), (0.5,))
+
+
+def test_export_records_the_chosen_region_thresholds(tmp_path: Path):
+    from BrainTumorSegLib.model import ModelSpec
+    from Training.export import record_choices
+
+    spec = ModelSpec(name="m", output={"kind": "sigmoid", "regions": ["WT", "TC", "ET"]})
+    search = tmp_path / "search.json"
+    chosen = {"WT": 0.5, "TC": 0.45, "ET": 0.4}
+    search.write_text(
+        json.dumps({"best_min_component_ml": 1.0, "best_region_thresholds": chosen, "rows": []})
+    )
+    record_choices(spec, postprocessing=search)
+    assert spec.region_thresholds == chosen and spec.region_threshold("ET") == 0.4
+    assert ModelSpec.from_dict(spec.to_dict()).region_thresholds == chosen
+    search.write_text(json.dumps({"best_min_component_ml": 1.0, "rows": []}))
+    record_choices(spec, postprocessing=search)  # a search without thresholds: 0.5 again
+    assert spec.region_thresholds == {} and spec.region_threshold("ET") == 0.5

@@ -90,6 +90,7 @@ def crossvalidate(
             predictions.parent,
             tta=tta,
             window=window,
+            save_probabilities=True,  # for choosing region thresholds (postprocessing)
         )
         done.append(fold)
     if len(done) < folds:

@@ -105,6 +105,7 @@ def build_ensemble(
     }
     spec.metrics = {}
     spec.min_component_ml, spec.keep_largest_component = 0.0, False
+    spec.region_thresholds = {}  # a member's thresholds were chosen for its outputs alone
     spec.test_time_augmentation = False
     spec.inference_window = None
     if version:

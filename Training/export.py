@@ -222,6 +222,8 @@ def record_choices(
         spec.min_component_ml = float(search["best_min_component_ml"])
         # Searches written before the largest-component option did not try it.
         spec.keep_largest_component = bool(search.get("best_keep_largest_component", False))
+        # Searches without --region-thresholds keep the 0.5 of every region.
+        spec.region_thresholds = dict(search.get("best_region_thresholds", {}))
         spec.metrics["postprocessing"] = {"source": str(postprocessing), "rows": search["rows"]}
     if tta is not None:
         spec.test_time_augmentation = tta

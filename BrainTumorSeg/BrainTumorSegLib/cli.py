@@ -149,6 +149,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="above this estimated memory, infer in overlapping windows (default 2)",
     )
     options.add_argument("--no-overlay", action="store_true", help="do not draw overlay.png")
+    options.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write probabilities.nii.gz: the network's outputs on the output grid, "
+        "one volume per region (or class), for trying other thresholds",
+    )
     raw = parser.add_argument_group("raw clinical scans")
     raw.add_argument(
         "--raw",
@@ -291,6 +297,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             stack_order=args.stack_order,
             raw=args.raw,
             save_intermediates=args.save_intermediates,
+            save_probabilities=args.save_probabilities,
         )
     except InputError as e:
         progress.fail(str(e))

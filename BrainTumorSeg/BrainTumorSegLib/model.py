@@ -55,6 +55,10 @@ class ModelSpec:
     # Default postprocessing: keep only the largest tumour component (after island removal);
     # chosen the same way. Off keeps every focus of a multifocal tumour.
     keep_largest_component: bool = False
+    # Sigmoid regions: a voxel is in a region when its probability exceeds the region's
+    # threshold (0.5 for a region not listed). Chosen on out-of-fold probabilities by
+    # ``python -m Training postprocessing --probabilities``.
+    region_thresholds: dict[str, float] = field(default_factory=dict)
     # Default inference: average over the 8 mirrorings (chosen by comparing out-of-fold scores
     # with and without); 8 network passes instead of 1.
     test_time_augmentation: bool = False
@@ -112,9 +116,21 @@ class ModelSpec:
                 f"network files {names} must be distinct file names in the package ending in "
                 f"{', '.join(MODEL_SUFFIXES)}"
             )
+        kind = self.output.get("kind")
+        thresholds = self.region_thresholds
+        if not isinstance(thresholds, dict) or any(
+            isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1
+            for t in thresholds.values()
+        ):
+            raise ValueError(f"region_thresholds {thresholds!r} must map regions to (0, 1)")
+        if thresholds and (
+            kind != "sigmoid" or any(r not in self.output.get("regions", []) for r in thresholds)
+        ):
+            raise ValueError(
+                f"region_thresholds {thresholds!r} need sigmoid outputs with these regions"
+            )
         if self.input_layout not in ("channels_last", "channels_first"):
             raise ValueError(f"unknown input_layout {self.input_layout!r}")
-        kind = self.output.get("kind")
         if kind == "softmax":
             classes = self.output.get("classes", [])
             if classes[:1] != ["background"] or any(c not in LABEL_BY_KEY for c in classes[1:]):
@@ -132,6 +148,10 @@ class ModelSpec:
         if self.output["kind"] == "softmax":
             return len(self.output["classes"])
         return len(self.output["regions"])
+
+    def region_threshold(self, region: str) -> float:
+        """Probability above which a voxel belongs to a sigmoid ``region``."""
+        return float(self.region_thresholds.get(region, 0.5))
 
     @property
     def model_path(self) -> Path | None:

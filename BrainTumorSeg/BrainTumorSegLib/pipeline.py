@@ -30,6 +30,7 @@ from .postprocess import (
     foreground_channels,
     keep_components_overlapping,
     labels_from_output,
+    output_channel_names,
     remove_small_components,
 )
 from .preprocess import brain_mask, preprocess
@@ -40,6 +41,7 @@ from .restore import restore_to_input_grid
 from .validate import check_distinct_files, check_intensities, check_overlap
 from .write import (
     OVERLAY_PNG,
+    PROBABILITIES_NIFTI,
     REPORT_JSON,
     SEGMENTATION_NIFTI,
     SEGMENTATION_SEG_NRRD,
@@ -47,6 +49,7 @@ from .write import (
     staged_output,
     write_json,
     write_label_nifti,
+    write_probabilities,
     write_seg_nrrd,
 )
 
@@ -96,6 +99,7 @@ def segment(
     stack_order: list[str] | None = None,
     raw: str | bool = "off",
     save_intermediates: bool = False,
+    save_probabilities: bool = False,
 ) -> SegmentationResult:
     """Segment a glioma from MRI files; write outputs to ``output_dir`` when given.
 
@@ -104,7 +108,9 @@ def segment(
     order ``stack_order`` declares (e.g. a Medical Decathlon case: flair, t1, t1ce, t2).
     ``raw`` "on" registers, resamples and skull-strips raw scanner series first (:mod:`raw`),
     "auto" only what the input needs; ``save_intermediates`` then also writes the registered
-    1 mm sequences and the brain mask. ``tta``, ``min_component_ml``,
+    1 mm sequences and the brain mask. ``save_probabilities`` also writes the network's
+    restored outputs (:data:`PROBABILITIES_NIFTI`), from which other region thresholds can be
+    tried without running the network again. ``tta``, ``min_component_ml``,
     ``keep_largest_component`` and ``window`` (network windows of ``window``³ working voxels,
     0 for the whole volume) None take the model's own defaults (``model.json``);
     ``bias_correction`` None too (N4 if the model was trained with it). ``bias_backend`` picks
@@ -243,12 +249,15 @@ def segment(
 
     with progress.stage("postprocess", "labelling"):
         classes = labels_from_output(restored, spec)
-        del restored
         if raw_prepared is None:
             brain = brain_mask({c: images[c] for c in spec.channels})
         else:
             mask = raw_prepared.brain_mask.astype(np.uint8)
             brain = resample_to_grid(mask, work_grid, ref.grid, order=0) > 0
+        # Zero outside the brain, as the labels are: thresholding the file gives them back.
+        probabilities = restored * brain if save_probabilities else None
+        del restored
+        if raw_prepared is not None:
             # The 1 mm labels drive the overlay and the intermediates: thick slices look poor.
             work_classes = labels_from_output(
                 restore_to_input_grid(foreground, prepared.grid, work_grid), spec
@@ -318,6 +327,9 @@ def segment(
             "seg_nrrd": SEGMENTATION_SEG_NRRD,
             "report": REPORT_JSON,
         }
+        if probabilities is not None:
+            files["probabilities"] = PROBABILITIES_NIFTI
+            report["probability_channels"] = output_channel_names(spec)
         if overlay:
             files["overlay"] = OVERLAY_PNG
         if save_intermediates and raw_prepared is not None:
@@ -327,6 +339,9 @@ def segment(
             write_label_nifti(staging / SEGMENTATION_NIFTI, classes, ref.grid, labels)
             update(0.2, "segmentation.seg.nrrd")
             write_seg_nrrd(staging / SEGMENTATION_SEG_NRRD, classes, ref.grid)
+            if probabilities is not None:
+                update(0.3, "probabilities.nii.gz")
+                write_probabilities(staging / PROBABILITIES_NIFTI, probabilities, ref.grid)
             if overlay:
                 from .overlay import render_overlay
 

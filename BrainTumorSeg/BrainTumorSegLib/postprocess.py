@@ -21,6 +21,13 @@ def foreground_channels(output: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return output
 
 
+def output_channel_names(spec: ModelSpec) -> list[str]:
+    """Names of the channels :func:`foreground_channels` keeps, in order (regions or classes)."""
+    if spec.output["kind"] == "softmax":
+        return list(spec.output["classes"][1:])
+    return list(spec.output["regions"])
+
+
 def labels_from_output(foreground: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Class indices (uint8) from restored foreground channels (R, X, Y, Z)."""
     if spec.output["kind"] == "softmax":
@@ -33,12 +40,9 @@ def labels_from_output(foreground: np.ndarray, spec: ModelSpec) -> np.ndarray:
     # Sigmoid regions are nested: WT contains TC contains ET. Paint from the outside in.
     regions = dict(zip(spec.output["regions"], foreground))
     classes = np.zeros(foreground.shape[1:], dtype=np.uint8)
-    if "WT" in regions:
-        classes[regions["WT"] > 0.5] = LABEL_BY_KEY["ED"].index
-    if "TC" in regions:
-        classes[regions["TC"] > 0.5] = LABEL_BY_KEY["NCR"].index
-    if "ET" in regions:
-        classes[regions["ET"] > 0.5] = LABEL_BY_KEY["ET"].index
+    for region, label in (("WT", "ED"), ("TC", "NCR"), ("ET", "ET")):
+        if region in regions:
+            classes[regions[region] > spec.region_threshold(region)] = LABEL_BY_KEY[label].index
     return classes
 
 

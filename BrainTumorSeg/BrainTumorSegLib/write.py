@@ -28,6 +28,7 @@ SEGMENTATION_NIFTI = "segmentation.nii.gz"
 SEGMENTATION_SEG_NRRD = "segmentation.seg.nrrd"
 REPORT_JSON = "report.json"
 OVERLAY_PNG = "overlay.png"
+PROBABILITIES_NIFTI = "probabilities.nii.gz"
 
 
 def check_output_dir(output: Path, input_paths: list[Path]) -> None:
@@ -166,6 +167,12 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
 def write_label_nifti(path: Path, classes: np.ndarray, grid: Grid, convention: str) -> None:
     """Label map in ``convention`` (uint8) on ``grid``."""
     write_nifti(path, classes_to_convention(classes, convention), grid.affine)
+
+
+def write_probabilities(path: Path, channels: np.ndarray, grid: Grid) -> None:
+    """Network outputs (C, X, Y, Z) on ``grid`` as one float32 NIfTI with C volumes (4th axis);
+    ``report.json``'s ``probability_channels`` names them."""
+    write_nifti(path, np.moveaxis(channels.astype(np.float32, copy=False), 0, -1), grid.affine)
 
 
 def write_seg_nrrd(path: Path, classes: np.ndarray, grid: Grid) -> None:
