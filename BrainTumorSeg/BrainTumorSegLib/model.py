@@ -57,7 +57,7 @@ class ModelSpec:
     keep_largest_component: bool = False
     # Sigmoid regions: a voxel is in a region when its probability exceeds the region's
     # threshold (0.5 for a region not listed). Chosen on out-of-fold probabilities by
-    # ``python -m Training postprocessing --probabilities``.
+    # ``python -m Training postprocessing --region-thresholds``.
     region_thresholds: dict[str, float] = field(default_factory=dict)
     # Default inference: average over the 8 mirrorings (chosen by comparing out-of-fold scores
     # with and without); 8 network passes instead of 1.
