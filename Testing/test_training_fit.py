@@ -345,6 +345,55 @@ def test_export_round_trips_through_the_core(trained_run: Path, dataset: Path, t
     assert (tmp_path / "out" / "segmentation.nii.gz").is_file()
 
 
+def test_bf16_training_exports_a_float32_network_with_its_weights(prepared: Path, tmp_path: Path):
+    """training.mixed_precision: bf16 trains in bfloat16; the package computes in float32."""
+    import keras
+    import onnxruntime as ort
+
+    from BrainTumorSegLib.model import load_model_spec
+    from Training.export import export_run
+    from Training.fit import fit
+
+    with pytest.raises(ValueError, match="auto, on, bf16 or off"):
+        Config.from_dict({**TINY, "training": {**TINY["training"], "mixed_precision": "fp8"}})
+    for value, setting in ((False, "off"), (True, "on")):  # --set ...=off arrives as YAML's False
+        config = Config.from_dict(
+            {**TINY, "training": {**TINY["training"], "mixed_precision": value}}
+        )
+        assert config.training.mixed_precision == setting
+    short = {**TINY, "training": {**TINY["training"], "epochs": 2, "mixed_precision": "bf16"}}
+    run = tmp_path / "run"
+    state = fit(Config.from_dict(short), prepared, run, strategy="none", verbose=0)
+    assert np.isfinite(state["history"][-1]["loss"])
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after fit
+    trained = keras.models.load_model(run / "checkpoints" / "last.keras", compile=False)
+    # Every convolution computes in bfloat16 but the logits, float32 by design (network.py).
+    policies = {
+        layer.name: layer.dtype_policy.name
+        for layer in trained.layers
+        if isinstance(layer, keras.layers.Conv3D)
+    }
+    assert policies.pop("logits") == "float32"
+    assert policies and set(policies.values()) == {"mixed_bfloat16"}
+
+    package = tmp_path / "package"
+    export_run(run, package, checkpoint="last")
+    spec = load_model_spec(package)
+    assert spec.metrics["onnx_converter"] == "onnx_graph"  # not refused as mixed precision
+    shipped = keras.models.load_model(package / "model.keras", compile=False)
+    assert {layer.dtype_policy.compute_dtype for layer in shipped.layers} == {"float32"}
+    for a, b in zip(shipped.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(1).normal(size=(1, 16, 16, 16, 4)).astype(np.float32)
+    session = ort.InferenceSession(str(package / "model.onnx"))
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x})
+    float32_out = shipped.predict(x, verbose=0)
+    assert np.abs(onnx_out - float32_out).max() < 1e-4
+    # The same weights computed in bfloat16 give nearly, not exactly, the same probabilities.
+    bf16_out = np.asarray(trained.predict(x, verbose=0), np.float32)
+    assert 0 < np.abs(bf16_out - float32_out).max() < 0.1
+
+
 def test_repackage_writes_the_onnx_again_with_the_same_weights_and_metadata(
     trained_run: Path, tmp_path: Path
 ):

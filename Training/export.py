@@ -49,9 +49,19 @@ def _keras():
 
 
 def strip_training_state(model: Any) -> Any:
-    """A copy of ``model`` with the same layers and weights but no optimiser or loss."""
+    """A copy of ``model`` with the same layers and weights but no optimiser or loss, every
+    layer computing in float32.
+
+    A network trained under a mixed policy (``training.mixed_precision``) keeps float32
+    weights; only its arithmetic was lower precision. The package runs it in float32, as ONNX
+    Runtime and the out-of-fold scoring do, so the shipped ``.keras`` and ``.onnx`` agree.
+    """
     keras = _keras()
-    clone = keras.models.clone_model(model)
+
+    def float32_layer(layer: Any) -> Any:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    clone = keras.models.clone_model(model, clone_function=float32_layer)
     clone.set_weights(model.get_weights())
     return clone
 

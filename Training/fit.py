@@ -121,9 +121,14 @@ def use_tf_data(config: Config, distribution: Any) -> bool:
     return loader == "tfdata" or (loader == "auto" and keras.backend.backend() == "tensorflow")
 
 
-def _mixed_precision(config: Config) -> bool:
+def mixed_precision_policy(config: Config) -> str | None:
+    """The Keras dtype policy that ``training.mixed_precision`` asks for (None: float32)."""
     setting = config.training.mixed_precision
-    return setting == "on" or (setting == "auto" and gpu_count() > 0)
+    if setting == "bf16":
+        return "mixed_bfloat16"
+    if setting == "on" or (setting == "auto" and gpu_count() > 0):
+        return "mixed_float16"
+    return None
 
 
 def steps_per_epoch(config: Config, training_cases: int) -> int:
@@ -147,6 +152,26 @@ def fit(
     ``cache`` is the folder written by ``prepare`` for this config's preprocessing settings.
     An existing ``run_dir`` with a checkpoint is resumed from the epoch after its last one.
     """
+    # A mixed policy is global in Keras: restored afterwards so that what runs next in this
+    # process (crossval's next fold, an export) builds float32 layers unless it asks otherwise.
+    previous = keras.mixed_precision.global_policy()
+    try:
+        return _fit(
+            config, cache, run_dir, strategy=strategy, logical_cpus=logical_cpus, verbose=verbose
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _fit(
+    config: Config,
+    cache: str | Path,
+    run_dir: str | Path,
+    *,
+    strategy: str,
+    logical_cpus: int | None,
+    verbose: int,
+) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(cache)
@@ -168,8 +193,9 @@ def fit(
 
     keras.utils.set_random_seed(config.training.seed)
     distribution = make_strategy(strategy, logical_cpus=logical_cpus)
-    if _mixed_precision(config):
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = mixed_precision_policy(config)
+    if policy:
+        keras.mixed_precision.set_global_policy(policy)
     steps = steps_per_epoch(config, len(train_ids))
     total_steps = steps * config.training.epochs
     scope = distribution.scope() if distribution is not None else _NullScope()
