@@ -188,8 +188,8 @@ class TrainingConfig:
     epochs: int = 300
     early_stopping_patience: int | None = 60  # validation passes without a better monitor
     seed: int = 42
-    # auto (float16 with a GPU) | on (float16) | bf16 (bfloat16: CPUs with AVX-512 BF16 or
-    # AMX run the convolutions about 1.7x faster, Training/EXPERIMENTS.md) | off
+    # auto (float16 with a GPU) | on (float16) | bf16 (bfloat16, for CPUs with AVX-512 BF16
+    # or AMX; about two thirds of float32's time per epoch here, Training/EXPERIMENTS.md) | off
     mixed_precision: str = "auto"
     monitor: str = "val_dice_mean"
     # torch.compile the training step on the PyTorch backend: it fuses the memory-bound
