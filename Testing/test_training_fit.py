@@ -752,6 +752,9 @@ def test_crossval_scores_every_case_with_the_fold_that_held_it_out(
     assert (tmp_path / "ens" / "fold2" / "model-2.onnx").is_file()
     assert (tmp_path / "ens" / "out-of-fold" / "cases.csv").read_text().splitlines() == rows
     assert ensembled["dice_WT"] == summary["dice_WT"]
+    # Each ensemble prediction keeps its probabilities, so region thresholds can be searched.
+    held = sorted((tmp_path / "ens" / "out-of-fold" / "predictions").iterdir())
+    assert held and all((d / "probabilities.nii.gz").is_file() for d in held)
     # A machine that holds only some folds of the runs (crossval --only there): no fold0/.
     for name, source in (("part-a", runs), ("part-b", twin)):
         shutil.copytree(source / "fold2", tmp_path / name / "fold2")

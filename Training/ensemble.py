@@ -226,7 +226,14 @@ def crossval_ensemble(
                 for sibling in out_dir.glob(f"out-of-fold*/predictions/{case}"):
                     shutil.rmtree(sibling)
         print(f"fold {fold}: ensemble of {len(packages)} on {len(held_out)} held-out cases")
-        run_model(str(package), [cases[c] for c in held_out], scores, tta=tta, window=window)
+        run_model(
+            str(package),
+            [cases[c] for c in held_out],
+            scores,
+            tta=tta,
+            window=window,
+            save_probabilities=True,  # as crossval: postprocessing's region thresholds read them
+        )
     missing = [
         f
         for f in folds
