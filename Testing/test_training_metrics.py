@@ -158,3 +158,44 @@ def test_batch_dice_pools_sums_over_the_batch():
     pooled = float(keras.ops.convert_to_numpy(soft_dice(true, pred, batch=True)))
     assert per_sample[0] == pytest.approx(1.0) and per_sample[1] < 1e-3
     assert pooled == pytest.approx(2 * 1.0 / (1.0 + 1.1), rel=1e-4)
+
+
+def test_dice_channel_weights_weigh_the_mean_and_reach_the_loss():
+    import keras
+
+    from Training.losses import SegmentationLoss, soft_dice
+
+    true = np.zeros((1, 4, 4, 4, 3), np.float32)
+    true[..., 0] = 1.0  # WT everywhere, TC nowhere, ET in half
+    true[:, :2, ..., 2] = 1.0
+    pred = np.full_like(true, 0.5)
+
+    def value(x: object) -> float:
+        return float(keras.ops.convert_to_numpy(x))
+
+    wt, tc, et = 2 * 32 / 96, 1e-5 / (32 + 1e-5), 2 * 16 / 64
+    assert value(soft_dice(true, pred, "sigmoid", batch=True)) == pytest.approx(
+        (wt + tc + et) / 3, rel=1e-4
+    )
+    weighted = soft_dice(true, pred, "sigmoid", batch=True, weights=[1, 1, 2])
+    assert value(weighted) == pytest.approx((wt + tc + 2 * et) / 4, rel=1e-4)
+    loss = SegmentationLoss("dice", "sigmoid", dice_channel_weights=[1, 1, 2])
+    assert value(loss(true, pred)) == pytest.approx(1 - (wt + tc + 2 * et) / 4, rel=1e-4)
+    again = SegmentationLoss.from_config(loss.get_config())  # a resumed run keeps them
+    assert again.dice_channel_weights == [1.0, 1.0, 2.0]
+
+
+def test_dice_channel_weights_are_checked_against_the_output():
+    from Training.config import Config
+
+    sigmoid = {"model": {"output": "sigmoid"}}
+    config = Config.from_dict({**sigmoid, "loss": {"dice_channel_weights": [1, 1, 2]}})
+    assert config.loss.dice_channel_weights == [1, 1, 2]
+    with pytest.raises(ValueError, match=r"one weight per Dice channel \['WT', 'TC', 'ET'\]"):
+        Config.from_dict({**sigmoid, "loss": {"dice_channel_weights": [1, 2]}})
+    with pytest.raises(ValueError, match=r"\['NCR', 'ED', 'ET'\]"):
+        Config.from_dict({"model": {"output": "softmax"}, "loss": {"dice_channel_weights": [1]}})
+    with pytest.raises(ValueError, match="non-negative"):
+        Config.from_dict({**sigmoid, "loss": {"dice_channel_weights": [1, -1, 2]}})
+    with pytest.raises(ValueError, match="all be zero"):
+        Config.from_dict({**sigmoid, "loss": {"dice_channel_weights": [0, 0, 0]}})

@@ -123,10 +123,18 @@ class LossConfig:
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     batch_dice: bool = True  # Dice sums pooled over the batch (nnU-Net style)
+    # Weights of the Dice channels (sigmoid: model.output.regions order; softmax: the tumour
+    # classes); null weighs them equally. Checked against the output in Config.
+    dice_channel_weights: list[float] | None = None
 
     def validate(self) -> None:
         if self.kind not in ("dice_ce", "ce", "dice"):
             raise ValueError(f"loss.kind must be dice_ce, ce or dice, not {self.kind!r}")
+        weights = self.dice_channel_weights
+        if weights is not None and (not weights or any(not w >= 0 for w in weights)):
+            raise ValueError(f"loss.dice_channel_weights {weights} must be non-negative numbers")
+        if weights is not None and not sum(weights) > 0:
+            raise ValueError("loss.dice_channel_weights must not all be zero")
 
 
 @dataclass
@@ -225,6 +233,7 @@ class Config:
             part.validate()
         self.split.validate()
         self.training.validate()
+        self._check_dice_channel_weights()
         multiple = 2**self.network.depth
         if any(p % multiple for p in self.data.patch_size):
             raise ValueError(
@@ -234,6 +243,18 @@ class Config:
             raise ValueError(
                 f"model.size_multiple {self.model['size_multiple']} must be a multiple of "
                 f"2**depth = {multiple} so that whole-volume inference fits the network"
+            )
+
+    def _check_dice_channel_weights(self) -> None:
+        weights = self.loss.dice_channel_weights
+        if weights is None:
+            return
+        output = self.model["output"]
+        channels = output["regions"] if output["kind"] == "sigmoid" else output["classes"][1:]
+        if len(weights) != len(channels):
+            raise ValueError(
+                f"loss.dice_channel_weights {weights} needs one weight per Dice channel "
+                f"{list(channels)}"
             )
 
     def model_spec(self) -> ModelSpec:

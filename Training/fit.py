@@ -93,6 +93,7 @@ def compile_model(model: keras.Model, config: Config, total_steps: int, steps: i
             config.loss.dice_weight,
             config.loss.ce_weight,
             batch_dice=config.loss.batch_dice,
+            dice_channel_weights=config.loss.dice_channel_weights,
         ),
         metrics=region_metrics(output),
         jit_compile=use_jit_compile(config),

@@ -29,6 +29,8 @@ class SegmentationLoss(keras.losses.Loss):
         dice_weight, ce_weight: weights of the two terms for ``dice_ce``.
         batch_dice: pool the Dice sums over the whole batch (as nnU-Net does) rather than per
             sample, so that a patch without enhancing tumour does not dominate the ET term.
+        dice_channel_weights: weights of the Dice channels in their mean (sigmoid: the
+            regions in output order; softmax: the tumour classes); ``None`` weighs all equally.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class SegmentationLoss(keras.losses.Loss):
         dice_weight: float = 1.0,
         ce_weight: float = 1.0,
         batch_dice: bool = True,
+        dice_channel_weights: list[float] | None = None,
         name: str = "segmentation_loss",
         **kwargs: Any,
     ) -> None:
@@ -49,6 +52,9 @@ class SegmentationLoss(keras.losses.Loss):
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
         self.batch_dice = batch_dice
+        self.dice_channel_weights = (
+            None if dice_channel_weights is None else [float(w) for w in dice_channel_weights]
+        )
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         y_true = ops.cast(y_true, "float32")
@@ -60,7 +66,14 @@ class SegmentationLoss(keras.losses.Loss):
         if self.kind in ("dice_ce", "dice"):
             weight = 1.0 if self.kind == "dice" else self.dice_weight
             total = total + weight * (
-                1.0 - soft_dice(y_true, y_pred, self.output_kind, batch=self.batch_dice)
+                1.0
+                - soft_dice(
+                    y_true,
+                    y_pred,
+                    self.output_kind,
+                    batch=self.batch_dice,
+                    weights=self.dice_channel_weights,
+                )
             )
         return total
 
@@ -81,17 +94,24 @@ class SegmentationLoss(keras.losses.Loss):
             dice_weight=self.dice_weight,
             ce_weight=self.ce_weight,
             batch_dice=self.batch_dice,
+            dice_channel_weights=self.dice_channel_weights,
         )
         return config
 
 
 def soft_dice(
-    y_true: Any, y_pred: Any, output_kind: str = "softmax", *, batch: bool = False
+    y_true: Any,
+    y_pred: Any,
+    output_kind: str = "softmax",
+    *,
+    batch: bool = False,
+    weights: list[float] | None = None,
 ) -> Any:
     """Soft Dice averaged over channels (background excluded for softmax).
 
     Per sample (shape (N,)), or pooled over the batch (a scalar) when ``batch`` is true.
-    A channel absent from both target and prediction scores close to 1.
+    A channel absent from both target and prediction scores close to 1. ``weights`` (one per
+    averaged channel) makes the mean a weighted one.
     """
     if output_kind == "softmax":
         y_true, y_pred = y_true[..., 1:], y_pred[..., 1:]
@@ -99,7 +119,10 @@ def soft_dice(
     intersection = ops.sum(y_true * y_pred, axis=axes)
     sums = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes)
     dice = (2.0 * intersection + EPSILON) / (sums + EPSILON)
-    return ops.mean(dice, axis=-1)
+    if weights is None:
+        return ops.mean(dice, axis=-1)
+    w = ops.convert_to_tensor(weights, "float32")
+    return ops.sum(dice * w, axis=-1) / ops.sum(w)
 
 
 def region_channels(region: str, output: dict[str, Any]) -> list[int]:
