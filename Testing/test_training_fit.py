@@ -829,6 +829,22 @@ def test_prepare_and_fit_on_real_brats_cases(brats_dir: Path, tmp_path: Path):
     assert state["epoch"] == 2 and all(np.isfinite(r["val_loss"]) for r in state["history"])
 
 
+def test_compile_model_passes_the_dice_channel_weights_to_the_loss():
+    from Training import fit as fit_module
+
+    config = Config.from_dict(
+        {
+            **TINY,
+            "model": {**TINY["model"], "output": "sigmoid"},
+            "loss": {"dice_channel_weights": [1, 1, 2]},
+        }
+    )
+    model = fit_module.build_model(config)
+    fit_module.compile_model(model, config, 10)
+    assert model.loss.dice_channel_weights == [1.0, 1.0, 2.0]
+    assert model.loss.output_kind == "sigmoid"
+
+
 def test_jit_compile_setting_reaches_new_and_resumed_models(
     prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

@@ -163,7 +163,7 @@ def test_batch_dice_pools_sums_over_the_batch():
 def test_dice_channel_weights_weigh_the_mean_and_reach_the_loss():
     import keras
 
-    from Training.losses import SegmentationLoss, soft_dice
+    from Training.losses import EPSILON, SegmentationLoss, soft_dice
 
     true = np.zeros((1, 4, 4, 4, 3), np.float32)
     true[..., 0] = 1.0  # WT everywhere, TC nowhere, ET in half
@@ -173,7 +173,7 @@ def test_dice_channel_weights_weigh_the_mean_and_reach_the_loss():
     def value(x: object) -> float:
         return float(keras.ops.convert_to_numpy(x))
 
-    wt, tc, et = 2 * 32 / 96, 1e-5 / (32 + 1e-5), 2 * 16 / 64
+    wt, tc, et = 2 * 32 / 96, EPSILON / (32 + EPSILON), 2 * 16 / 64
     assert value(soft_dice(true, pred, "sigmoid", batch=True)) == pytest.approx(
         (wt + tc + et) / 3, rel=1e-4
     )

@@ -124,17 +124,12 @@ class LossConfig:
     ce_weight: float = 1.0
     batch_dice: bool = True  # Dice sums pooled over the batch (nnU-Net style)
     # Weights of the Dice channels (sigmoid: model.output.regions order; softmax: the tumour
-    # classes); null weighs them equally. Checked against the output in Config.
+    # classes); null weighs them equally. Checked in Config, which knows the output.
     dice_channel_weights: list[float] | None = None
 
     def validate(self) -> None:
         if self.kind not in ("dice_ce", "ce", "dice"):
             raise ValueError(f"loss.kind must be dice_ce, ce or dice, not {self.kind!r}")
-        weights = self.dice_channel_weights
-        if weights is not None and (not weights or any(not w >= 0 for w in weights)):
-            raise ValueError(f"loss.dice_channel_weights {weights} must be non-negative numbers")
-        if weights is not None and not sum(weights) > 0:
-            raise ValueError("loss.dice_channel_weights must not all be zero")
 
 
 @dataclass
@@ -256,6 +251,10 @@ class Config:
                 f"loss.dice_channel_weights {weights} needs one weight per Dice channel "
                 f"{list(channels)}"
             )
+        if any(not w >= 0 for w in weights):  # "not >=" also rejects NaN
+            raise ValueError(f"loss.dice_channel_weights {weights} must be non-negative numbers")
+        if not sum(weights) > 0:
+            raise ValueError("loss.dice_channel_weights must not all be zero")
 
     def model_spec(self) -> ModelSpec:
         """The :class:`ModelSpec` (``model.json``) that this run trains for."""
